@@ -1,0 +1,18 @@
+"""The CPU backend: NumPy arrays, with Numba kernels where they beat the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gpunet.backend.base import Backend
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    xp = np
+
+    def __init__(self, device: str = "cpu"):
+        super().__init__("cpu")
+
+    def is_native(self, array) -> bool:
+        return isinstance(array, np.ndarray)

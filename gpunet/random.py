@@ -1,0 +1,22 @@
+"""Global seeded RNG. Parameters are initialised on the host from this generator and
+then moved to their device, so a seed gives the same initial weights on CPU and GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_generator = np.random.default_rng(0)
+
+
+def manual_seed(seed: int) -> np.random.Generator:
+    """Reseed gpunet's global generator (like ``torch.manual_seed``); returns it."""
+    global _generator
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    _generator = np.random.default_rng(int(seed))
+    return _generator
+
+
+def default_generator() -> np.random.Generator:
+    """The generator used by parameter initialisation and shuffling when none is given."""
+    return _generator
