@@ -1,0 +1,220 @@
+"""Command line: ``gpunet train`` and ``gpunet info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+
+MODES = ("batch", "stochastic", "minibatch")
+SCHEDULERS = ("none", "step", "multistep", "exponential", "cosine", "linear", "plateau")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+DATASETS = ("digits", "mnist1d", "synthetic-classification", "synthetic-regression")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpunet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="versions, backends and devices")
+    info.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("train", help="train a dense network on a built-in data set",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--dataset", default="digits", choices=DATASETS)
+    t.add_argument("--hidden", type=int, nargs="*", default=[128, 64],
+                   help="hidden layer widths (none for a linear model)")
+    t.add_argument("--activation", default="relu",
+                   help="relu, leaky_relu, sigmoid, tanh or gelu")
+    t.add_argument("--loss", default=None,
+                   help="cross_entropy (classification default) or mse (regression default)")
+    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--optimizer", default="adam", help=", ".join(OPTIMIZERS))
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--momentum", type=float, default=0.0, help="SGD / RMSprop momentum")
+    t.add_argument("--nesterov", action="store_true")
+    t.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 penalty (decoupled for adamw; default 0, adamw 0.01)")
+    t.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999))
+    t.add_argument("--amsgrad", action="store_true")
+    t.add_argument("--scheduler", default="none", choices=SCHEDULERS)
+    t.add_argument("--step-size", type=int, default=10, help="StepLR period in epochs")
+    t.add_argument("--milestones", type=int, nargs="*", default=[10, 20])
+    t.add_argument("--gamma", type=float, default=0.1, help="StepLR/MultiStepLR/ExponentialLR")
+    t.add_argument("--factor", type=float, default=0.1, help="ReduceLROnPlateau factor")
+    t.add_argument("--lr-patience", type=int, default=5, help="ReduceLROnPlateau patience")
+    t.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without val_loss improvement and "
+                        "restore the best weights")
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--mode", choices=MODES, default=None,
+                   help="batch (full batch), stochastic (batch size 1) or minibatch")
+    t.add_argument("--validation-split", type=float, default=0.1)
+    t.add_argument("--no-standardize", action="store_true",
+                   help="skip per-feature standardization (fit on the training split)")
+    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    t.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    t.add_argument("--engine", default="auto", choices=("auto", "autograd", "fused"))
+    t.add_argument("--no-flush-denormals", action="store_true")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--output", default=None, help="write the history as JSON here")
+    t.add_argument("--save", default=None, help="write the trained weights (safetensors)")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    t.set_defaults(func=cmd_train)
+    return parser
+
+
+def build_model(n_in: int, hidden: list[int], n_out: int, activation: str, dtype, device):
+    """``Dense(act)`` hidden layers then a linear output layer."""
+    from gpunet import nn  # noqa: PLC0415
+
+    layers, width = [], n_in
+    for h in hidden:
+        layers.append(nn.Dense(width, h, activation, dtype=dtype, device=device))
+        width = h
+    layers.append(nn.Dense(width, n_out, "linear", dtype=dtype, device=device))
+    return nn.Sequential(*layers)
+
+
+def build_optimizer(args, params):
+    from gpunet import optim  # noqa: PLC0415
+
+    name = args.optimizer.lower()
+    wd = args.weight_decay
+    if name == "sgd":
+        return optim.SGD(params, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                         weight_decay=wd or 0.0)
+    if name == "adam":
+        return optim.Adam(params, lr=args.lr, betas=tuple(args.betas), weight_decay=wd or 0.0,
+                          amsgrad=args.amsgrad)
+    if name == "adamw":
+        return optim.AdamW(params, lr=args.lr, betas=tuple(args.betas),
+                           weight_decay=0.01 if wd is None else wd, amsgrad=args.amsgrad)
+    if name == "rmsprop":
+        return optim.RMSprop(params, lr=args.lr, momentum=args.momentum, weight_decay=wd or 0.0)
+    if name == "adagrad":
+        return optim.Adagrad(params, lr=args.lr, weight_decay=wd or 0.0)
+    raise ValueError(f"unknown optimizer {args.optimizer!r}; expected one of {OPTIMIZERS}")
+
+
+def build_scheduler(args, optimizer):
+    from gpunet.optim import lr_scheduler as S  # noqa: PLC0415
+
+    kind = args.scheduler
+    if kind == "none":
+        return None
+    if kind == "step":
+        return S.StepLR(optimizer, step_size=args.step_size, gamma=args.gamma)
+    if kind == "multistep":
+        return S.MultiStepLR(optimizer, milestones=args.milestones, gamma=args.gamma)
+    if kind == "exponential":
+        return S.ExponentialLR(optimizer, gamma=args.gamma)
+    if kind == "cosine":
+        return S.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    if kind == "linear":
+        return S.LinearLR(optimizer, total_iters=max(args.epochs // 4, 1))
+    return S.ReduceLROnPlateau(optimizer, factor=args.factor, patience=args.lr_patience)
+
+
+def cmd_train(args) -> int:
+    import gpunet  # noqa: PLC0415
+    from gpunet.data import Standardizer, load_dataset  # noqa: PLC0415
+    from gpunet.losses import get_loss  # noqa: PLC0415
+    from gpunet.train import EarlyStopping, Trainer  # noqa: PLC0415
+    from gpunet.train.callbacks import atomic_write  # noqa: PLC0415
+
+    gpunet.manual_seed(args.seed)
+    dataset = load_dataset(args.dataset, seed=args.seed)
+    X_train, X_test = dataset.X_train, dataset.X_test
+    if not args.no_standardize:
+        scaler = Standardizer().fit(X_train)
+        X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    classification = dataset.task == "classification"
+    loss_name = args.loss or ("cross_entropy" if classification else "mse")
+    loss_kwargs = {"label_smoothing": args.label_smoothing} if loss_name == "cross_entropy" else {}
+    loss = get_loss(loss_name, **loss_kwargs)
+    n_out = dataset.n_classes if classification else dataset.y_train.shape[1]
+    model = build_model(dataset.n_features, args.hidden, n_out, args.activation,
+                        np.dtype(args.dtype), args.device)
+    optimizer = build_optimizer(args, model.parameters())
+    scheduler = build_scheduler(args, optimizer)
+    callbacks = []
+    if args.early_stopping is not None:
+        callbacks.append(EarlyStopping(monitor="val_loss", patience=args.early_stopping,
+                                       restore_best_weights=True))
+    trainer = Trainer(model, loss, optimizer, callbacks=callbacks, scheduler=scheduler,
+                      engine=args.engine, flush_denormals=not args.no_flush_denormals,
+                      progress=not args.no_progress)
+    print(f"gpunet: {dataset.name}: {len(X_train)} train / {len(X_test)} test samples, "
+          f"{dataset.n_features} features; model {model}", file=sys.stderr)
+    start = time.perf_counter()
+    history = trainer.fit(X_train, dataset.y_train, epochs=args.epochs,
+                          batch_size=args.batch_size, mode=args.mode, seed=args.seed,
+                          validation_split=args.validation_split)
+    train_time = time.perf_counter() - start
+    test = trainer.evaluate(X_test, dataset.y_test)
+    summary = {"dataset": dataset.name, "epochs_run": len(history),
+               "iterations": history.iterations, "train_time_s": train_time,
+               "engine": trainer.engine_name, "device": model.device,
+               **{f"test_{k}": v for k, v in test.items()}}
+    if args.output:
+        with atomic_write(args.output) as tmp, open(tmp, "w") as fh:
+            json.dump({"summary": summary, "history": history.to_dict()}, fh, indent=2)
+    if args.save:
+        from gpunet.io import save_weights  # noqa: PLC0415
+
+        save_weights(model, args.save)
+    metric = (f"test accuracy {test['accuracy']:.4f}" if "accuracy" in test
+              else f"test loss {test['loss']:.4g}")
+    print(f"{metric}  (test loss {test['loss']:.4f}, {len(history)} epochs, "
+          f"{history.iterations} iterations, training time {train_time:.2f}s)")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import numba  # noqa: PLC0415
+
+    import gpunet  # noqa: PLC0415
+    from gpunet.backend import cuda_unavailable_reason  # noqa: PLC0415
+
+    print(f"gpunet {gpunet.__version__}")
+    print(f"python {platform.python_version()} ({platform.machine()}, {platform.system()})")
+    print(f"numpy {np.__version__}, numba {numba.__version__}")
+    try:
+        import cupy  # noqa: PLC0415
+
+        print(f"cupy {cupy.__version__}")
+    except ImportError:
+        print("cupy not installed")
+    print("backends: numpy (cpu) available")
+    reason = cuda_unavailable_reason()
+    if reason is None:
+        import cupy  # noqa: PLC0415
+
+        for i in range(cupy.cuda.runtime.getDeviceCount()):
+            props = cupy.cuda.runtime.getDeviceProperties(i)
+            name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            print(f"  cuda:{i}: {name}, {props['totalGlobalMem'] / 2**30:.1f} GiB")
+        print("backends: cupy (cuda) available")
+    else:
+        print(f"cuda unavailable: {reason}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, RuntimeError, ImportError, KeyError) as exc:
+        print(f"gpunet: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Differentiable functions on tensors: activations, the fused dense layer, softmax and
+the losses. Each function here is one autograd node whose math comes from the backend
+(the dense layer and cross-entropy) or from ``gpunet.activations``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gpunet.activations import LEAKY_RELU_SLOPE, get_activation
+from gpunet.autograd import Tensor, _as_tensor, check_same_device, record
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+# ------------------------------------------------------------------ activations
+def activation(x: Tensor, name: str) -> Tensor:
+    """Apply the named activation elementwise (see ``gpunet.activations``)."""
+    act = get_activation(name)
+    xp = x.backend.xp
+    y = act.forward(xp, x.data)
+    saved = x.data if act.saves_input else y
+    return record(y, (x,), lambda g: (act.backward(xp, g, saved),), act.name)
+
+
+def relu(x: Tensor) -> Tensor:
+    return activation(x, "relu")
+
+
+def leaky_relu(x: Tensor, negative_slope: float = LEAKY_RELU_SLOPE) -> Tensor:
+    if negative_slope == LEAKY_RELU_SLOPE:
+        return activation(x, "leaky_relu")
+    xp = x.backend.xp
+    slope = x.dtype.type(negative_slope)
+    positive = x.data > 0
+    out = xp.where(positive, x.data, x.data * slope)
+    return record(out, (x,), lambda g: (xp.where(positive, g, g * slope),), "leaky_relu")
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    return activation(x, "sigmoid")
+
+
+def tanh(x: Tensor) -> Tensor:
+    return activation(x, "tanh")
+
+
+def gelu(x: Tensor) -> Tensor:
+    return activation(x, "gelu")
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    xp = x.backend.xp
+    e = xp.exp(x.data - x.data.max(axis=axis, keepdims=True))
+    y = e / e.sum(axis=axis, keepdims=True)
+
+    def backward(g):
+        return (y * (g - (g * y).sum(axis=axis, keepdims=True)),)
+
+    return record(y, (x,), backward, "softmax")
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    xp = x.backend.xp
+    shifted = x.data - x.data.max(axis=axis, keepdims=True)
+    out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+    def backward(g):
+        return (g - xp.exp(out) * g.sum(axis=axis, keepdims=True),)
+
+    return record(out, (x,), backward, "log_softmax")
+
+
+# ---------------------------------------------------------------- dense layer
+def dense(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation="linear") -> Tensor:
+    """Fused ``act(x @ weight.T + bias)``: one autograd node calling the backend's
+    ``dense_forward`` / ``dense_backward``.
+
+    Shapes: x (N, in), weight (out, in), bias (out,) or None; returns (N, out).
+    """
+    act = get_activation(activation).name
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    backend = check_same_device(*parents)
+    if x.ndim != 2:
+        raise ValueError(f"dense layer expects a 2-D input (batch, features), got shape {x.shape}")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"dense layer expects {weight.shape[1]} input features, got {x.shape[1]} "
+            f"(input shape {x.shape})"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(
+                f"dtype mismatch: input is {x.dtype} but {name} is {t.dtype}; "
+                f"convert the input with .to(dtype=...) or the model with .to(dtype=...)"
+            )
+    y, saved = backend.dense_forward(
+        x.data, weight.data, None if bias is None else bias.data, act
+    )
+
+    def backward(g):
+        dx, dW, db = backend.dense_backward(
+            g, x.data, weight.data, saved, act, need_dx=x.requires_grad
+        )
+        return (dx, dW) if bias is None else (dx, dW, db)
+
+    return record(y, parents, backward, f"dense[{act}]")
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    return dense(x, weight, bias, "linear")
+
+
+# ---------------------------------------------------------------------- losses
+def _check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _check_class_targets(logits: Tensor, target: Tensor, what: str) -> None:
+    if logits.ndim != 2:
+        raise ValueError(f"{what} expects input of shape (N, C), got {logits.shape}")
+    if target.dtype.kind not in "iu":
+        raise TypeError(
+            f"{what} expects integer class-index targets, got dtype {target.dtype}"
+        )
+    if target.shape != (logits.shape[0],):
+        raise ValueError(
+            f"{what}: target shape {target.shape} does not match batch size "
+            f"{logits.shape[0]} (expected ({logits.shape[0]},))"
+        )
+    if target.data.size:
+        lo, hi = int(target.data.min()), int(target.data.max())
+        if lo < 0 or hi >= logits.shape[1]:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"{what}: label {bad} out of range for {logits.shape[1]} classes "
+                f"(labels must be in [0, {logits.shape[1] - 1}])"
+            )
+
+
+def _reduce(losses, grad_rows, parents, reduction, name, backend):
+    """Wrap per-sample ``losses`` (N,) whose gradient w.r.t. parents[0] is ``grad_rows``
+    (same shape as parents[0]) for an upstream gradient of 1 per sample."""
+    n = losses.shape[0]
+    if reduction == "mean":
+        out = losses.mean()
+
+        def backward(g):
+            return (grad_rows * (g / max(n, 1)),) + (None,) * (len(parents) - 1)
+
+    elif reduction == "sum":
+        out = losses.sum()
+
+        def backward(g):
+            return (grad_rows * g,) + (None,) * (len(parents) - 1)
+
+    else:
+        out = losses
+
+        def backward(g):
+            shape = (n,) + (1,) * (grad_rows.ndim - 1)
+            return (grad_rows * g.reshape(shape),) + (None,) * (len(parents) - 1)
+
+    return record(out, parents, backward, name)
+
+
+def cross_entropy(
+    logits: Tensor, target, reduction: str = "mean", label_smoothing: float = 0.0
+) -> Tensor:
+    """Softmax cross-entropy with class-index targets; softmax and log fused.
+
+    logits (N, C) float, target (N,) int in [0, C). Matches ``torch.nn.functional.
+    cross_entropy`` (no class weights, no ignore_index).
+    """
+    _check_reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    target = _as_target(target, logits)
+    _check_class_targets(logits, target, "cross_entropy")
+    losses, dlogits = logits.backend.softmax_cross_entropy(
+        logits.data, target.data, label_smoothing=label_smoothing
+    )
+    return _reduce(losses, dlogits, (logits,), reduction, "cross_entropy", logits.backend)
+
+
+def nll_loss(log_probs: Tensor, target, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of class-index targets given log-probabilities (N, C)."""
+    _check_reduction(reduction)
+    target = _as_target(target, log_probs)
+    _check_class_targets(log_probs, target, "nll_loss")
+    xp = log_probs.backend.xp
+    rows = xp.arange(log_probs.shape[0])
+    losses = -log_probs.data[rows, target.data]
+    grad = xp.zeros_like(log_probs.data)
+    grad[rows, target.data] = -1
+    return _reduce(losses, grad, (log_probs,), reduction, "nll_loss", log_probs.backend)
+
+
+def _check_same_shape(input: Tensor, target: Tensor, what: str) -> None:
+    if input.shape != target.shape:
+        raise ValueError(
+            f"{what}: input shape {input.shape} and target shape {target.shape} differ"
+        )
+
+
+def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
+    """Mean squared error; input and target have the same shape."""
+    _check_reduction(reduction)
+    target = _as_tensor(target, input)
+    _check_same_shape(input, target, "mse_loss")
+    check_same_device(input, target)
+    diff = input - target
+    sq = diff * diff
+    if reduction == "mean":
+        return sq.mean()
+    if reduction == "sum":
+        return sq.sum()
+    return sq
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target, reduction: str = "mean") -> Tensor:
+    """``-(t log sigmoid(x) + (1-t) log(1-sigmoid(x)))`` computed stably from logits."""
+    _check_reduction(reduction)
+    target = _as_tensor(target, input)
+    _check_same_shape(input, target, "binary_cross_entropy_with_logits")
+    xp = input.backend.xp
+    x, t = input.data, target.data.astype(input.dtype, copy=False)
+    losses = xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
+    grad = get_activation("sigmoid").forward(xp, x) - t
+    return _elementwise_reduce(losses, grad, input, reduction, "bce_with_logits")
+
+
+def binary_cross_entropy(input: Tensor, target, reduction: str = "mean") -> Tensor:
+    """BCE on probabilities in [0, 1]; logs are clamped at -100 like PyTorch."""
+    _check_reduction(reduction)
+    target = _as_tensor(target, input)
+    _check_same_shape(input, target, "binary_cross_entropy")
+    xp = input.backend.xp
+    p, t = input.data, target.data.astype(input.dtype, copy=False)
+    if p.size and (float(p.min()) < 0 or float(p.max()) > 1):
+        raise ValueError("binary_cross_entropy: input probabilities must lie in [0, 1]")
+    with np.errstate(divide="ignore"):
+        log_p = xp.maximum(xp.log(p), -100)
+        log_1p = xp.maximum(xp.log1p(-p), -100)
+    losses = -(t * log_p + (1 - t) * log_1p)
+    grad = (p - t) / xp.maximum(p * (1 - p), p.dtype.type(1e-12))
+    return _elementwise_reduce(losses, grad, input, reduction, "bce")
+
+
+def _elementwise_reduce(losses, grad, input: Tensor, reduction: str, name: str) -> Tensor:
+    n = losses.size
+    if reduction == "mean":
+        return record(losses.mean(), (input,), lambda g: (grad * (g / max(n, 1)),), name)
+    if reduction == "sum":
+        return record(losses.sum(), (input,), lambda g: (grad * g,), name)
+    return record(losses, (input,), lambda g: (grad * g,), name)
+
+
+def _as_target(target, like: Tensor) -> Tensor:
+    if isinstance(target, Tensor):
+        check_same_device(like, target)
+        return target
+    array = like.backend.asarray(target)
+    return Tensor._wrap(array, like.backend)
