@@ -102,6 +102,11 @@ class Backend:
             dlogits *= grad_scale
         return losses.astype(logits.dtype, copy=False), dlogits.astype(logits.dtype, copy=False)
 
+    def fused_epoch_kernel(self):
+        """A compiled whole-epoch trainer for dense networks (see ``gpunet.train.fused``),
+        or None when this backend has none."""
+        return None
+
     def fused_update(self, optimizer_name: str):
         """A fast in-place update kernel for the named optimizer, or None to use the
         optimizer's ``xp`` reference. Kernels take the reference's exact signature."""

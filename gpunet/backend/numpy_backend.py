@@ -16,3 +16,8 @@ class NumpyBackend(Backend):
 
     def is_native(self, array) -> bool:
         return isinstance(array, np.ndarray)
+
+    def fused_epoch_kernel(self):
+        from gpunet.kernels.cpu.fused_mlp import train_epoch  # noqa: PLC0415
+
+        return train_epoch

@@ -126,7 +126,8 @@ class Trainer:
             reason = fused_unsupported_reason(self.model, self.loss, self.optimizer,
                                               self.backend, self.callbacks)
             if reason is None:
-                return FusedDenseEngine(self.model, self.loss, self.optimizer, track)
+                return FusedDenseEngine(self.model, self.loss, self.optimizer, track,
+                                        self.flush_denormals)
             if self.engine_choice == "fused":
                 raise ValueError(f"engine='fused' cannot train this model: {reason}")
         return AutogradEngine(self.model, self.loss, self.optimizer, track)

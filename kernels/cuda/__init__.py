@@ -1,0 +1,1 @@
+"""CUDA kernels: CUDA C sources (loaded with cupy.RawModule) and Numba CUDA kernels."""
