@@ -28,15 +28,16 @@ import math
 import numpy as np
 from numba import njit
 
-from gpunet.kernels.cpu.dense import GELU, LINEAR, _backward_epilogue, _forward_epilogue
+from gpunet.kernels.cpu.dense import GELU, LINEAR, _backward_epilogue, _forward_epilogue, _like
 from gpunet.kernels.cpu.update_rules import (
     ADAGRAD,
     ADAM,
     RMSPROP,
     SGD,
     apply_rule,
+    coefficients,
     flush,
-    step_constants,
+    uses_slots_2_3,
 )
 
 CROSS_ENTROPY, MSE = 0, 1
@@ -44,79 +45,104 @@ LOSS_CODES = {"cross_entropy": CROSS_ENTROPY, "mse": MSE}
 
 
 # ------------------------------------------------------------------ updates
-@njit(inline="always")
-def _update_flat(kind, P, G, S1, S2, S3, off, size, h, c0, c1, first, do_flush, tiny):
-    """Update ``P[off:off+size]`` from the gradient ``G[off:off+size]``."""
-    for k in range(off, off + size):
-        p, s1, s2, s3 = apply_rule(kind, P[k], G[k], S1[k], S2[k], S3[k], h, c0, c1, first)
-        P[k] = p
-        if do_flush:
-            S1[k] = flush(s1, tiny)
+@njit(inline="always", error_model="numpy")
+def _store_state(kind, S1, S2, S3, k, s1, s2, s3, do_flush, tiny):
+    if do_flush:
+        S1[k] = flush(s1, tiny)
+        if uses_slots_2_3(kind):
             S2[k] = flush(s2, tiny)
             S3[k] = flush(s3, tiny)
-        else:
-            S1[k] = s1
+    else:
+        S1[k] = s1
+        if uses_slots_2_3(kind):
             S2[k] = s2
             S3[k] = s3
 
 
-@njit(inline="always")
-def _update_outer(kind, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, c0, c1, first,
+@njit(inline="always", error_model="numpy")
+def _typed_coefficients(kind, h, step, first, like):
+    """:func:`coefficients` cast to the scalar type of ``like`` (the parameter dtype)."""
+    c = coefficients(kind, h, step, first)
+    return (_like(c[0], like), _like(c[1], like), _like(c[2], like), _like(c[3], like),
+            _like(c[4], like), _like(c[5], like), _like(c[6], like), _like(c[7], like),
+            _like(c[8], like), _like(c[9], like))
+
+
+@njit(inline="always", error_model="numpy")
+def _update_span(kind, p_, g_, s1_, s2_, s3_, c, do_flush, tiny):
+    """Apply the rule to every element of the equally long 1-D views ``p_``, ``g_``,
+    ``s1_``..``s3_`` with typed coefficients ``c``. The loop index comes from
+    ``range(n)`` (provably >= 0: no wraparound checks), so the loop vectorizes."""
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = c
+    for k in range(p_.shape[0]):
+        p, s1, s2, s3 = apply_rule(kind, p_[k], g_[k], s1_[k], s2_[k], s3_[k],
+                                   c0, c1, c2, c3, c4, c5, c6, c7, c8, c9)
+        p_[k] = p
+        _store_state(kind, s1_, s2_, s3_, k, s1, s2, s3, do_flush, tiny)
+
+
+@njit(inline="always", error_model="numpy")
+def _update_flat(kind, P, G, S1, S2, S3, off, size, h, step, first, do_flush, tiny):
+    """Update ``P[off:off+size]`` from the gradient ``G[off:off+size]``."""
+    c = _typed_coefficients(kind, h, step, first, P[0])
+    end = off + size
+    _update_span(kind, P[off:end], G[off:end], S1[off:end], S2[off:end], S3[off:end], c,
+                 do_flush, _like(tiny, P[0]))
+
+
+@njit(inline="always", error_model="numpy")
+def _update_outer(kind, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first,
                   do_flush, tiny):
     """Update the weight block ``P[off:off + n_out*n_in]`` (row-major (n_out, n_in)) with
-    ``dW = dz[:nb].T @ a[:nb]`` formed element by element (never stored)."""
+    ``dW = dz[:nb].T @ a[:nb]``, one row at a time: the row's gradient is formed in a
+    scratch vector that stays in L1 cache and is applied at once, so ``dW`` never goes
+    to memory."""
+    c = _typed_coefficients(kind, h, step, first, P[0])
+    tiny = _like(tiny, P[0])
+    grow = np.empty(n_in, P.dtype)
     for i in range(n_out):
-        row = off + i * n_in
+        d0 = dz[0, i]
         for j in range(n_in):
-            g = dz[0, i] * a[0, j]
-            for b in range(1, nb):
-                g += dz[b, i] * a[b, j]
-            k = row + j
-            p, s1, s2, s3 = apply_rule(kind, P[k], g, S1[k], S2[k], S3[k], h, c0, c1, first)
-            P[k] = p
-            if do_flush:
-                S1[k] = flush(s1, tiny)
-                S2[k] = flush(s2, tiny)
-                S3[k] = flush(s3, tiny)
-            else:
-                S1[k] = s1
-                S2[k] = s2
-                S3[k] = s3
+            grow[j] = d0 * a[0, j]
+        for b in range(1, nb):
+            db = dz[b, i]
+            for j in range(n_in):
+                grow[j] += db * a[b, j]
+        lo, hi = off + i * n_in, off + (i + 1) * n_in
+        _update_span(kind, P[lo:hi], grow, S1[lo:hi], S2[lo:hi], S3[lo:hi], c, do_flush, tiny)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _update_param(kind, P, G, S1, S2, S3, off, size, h, step, first, do_flush, tiny):
-    c0, c1 = step_constants(kind, h, step)
     if kind == SGD:
-        _update_flat(SGD, P, G, S1, S2, S3, off, size, h, c0, c1, first, do_flush, tiny)
+        _update_flat(SGD, P, G, S1, S2, S3, off, size, h, step, first, do_flush, tiny)
     elif kind == ADAM:
-        _update_flat(ADAM, P, G, S1, S2, S3, off, size, h, c0, c1, first, do_flush, tiny)
+        _update_flat(ADAM, P, G, S1, S2, S3, off, size, h, step, first, do_flush, tiny)
     elif kind == RMSPROP:
-        _update_flat(RMSPROP, P, G, S1, S2, S3, off, size, h, c0, c1, first, do_flush, tiny)
+        _update_flat(RMSPROP, P, G, S1, S2, S3, off, size, h, step, first, do_flush, tiny)
     else:
-        _update_flat(ADAGRAD, P, G, S1, S2, S3, off, size, h, c0, c1, first, do_flush, tiny)
+        _update_flat(ADAGRAD, P, G, S1, S2, S3, off, size, h, step, first, do_flush, tiny)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _update_weights_outer(kind, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first,
                           do_flush, tiny):
-    c0, c1 = step_constants(kind, h, step)
     if kind == SGD:
-        _update_outer(SGD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, c0, c1, first,
+        _update_outer(SGD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first,
                       do_flush, tiny)
     elif kind == ADAM:
-        _update_outer(ADAM, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, c0, c1, first,
+        _update_outer(ADAM, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first,
                       do_flush, tiny)
     elif kind == RMSPROP:
-        _update_outer(RMSPROP, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, c0, c1, first,
+        _update_outer(RMSPROP, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first,
                       do_flush, tiny)
     else:
-        _update_outer(ADAGRAD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, c0, c1, first,
+        _update_outer(ADAGRAD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first,
                       do_flush, tiny)
 
 
 # ------------------------------------------------------------------- losses
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _cross_entropy_rows(logits, target, dlogits, smoothing, scale):
     """Rows of ``logits`` (nb, C): returns (sum of losses, correct count) and writes
     ``dlogits = scale * (softmax - q)``, q the (smoothed) one-hot target."""
@@ -152,7 +178,7 @@ def _cross_entropy_rows(logits, target, dlogits, smoothing, scale):
     return total, correct
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _mse_rows(out, target, dout, scale):
     """Sum of squared errors of ``out`` vs ``target`` (nb, K); ``dout = 2*scale*(out-t)``."""
     total = 0.0
@@ -166,7 +192,7 @@ def _mse_rows(out, target, dout, scale):
 
 
 # -------------------------------------------------------------------- epoch
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def train_epoch(X, labels, targets, batch_size, layers, params, P, G, S1, S2, S3, H, steps, firsts,
                 opt_kind, loss_kind, smoothing, mean_reduction, outer_max, do_flush):
     """Train over ``X`` (N, F) in order, in batches of ``batch_size``; the targets are
