@@ -4,15 +4,26 @@ Importing gpunet needs only NumPy and Numba; nothing is compiled at import.
 """
 
 from gpunet import functional, losses, nn
+from gpunet.autograd import Tensor, enable_grad, is_grad_enabled, no_grad, ones, tensor, zeros
 from gpunet.backend import get_backend
 from gpunet.dtypes import get_default_dtype, set_default_dtype
 from gpunet.random import manual_seed
-from gpunet.autograd import Tensor, enable_grad, is_grad_enabled, no_grad, ones, tensor, zeros
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Tensor", "enable_grad", "functional", "get_backend", "get_default_dtype",
-    "is_grad_enabled", "losses", "manual_seed", "nn", "no_grad", "ones",
-    "set_default_dtype", "tensor", "zeros",
+    "Tensor",
+    "enable_grad",
+    "functional",
+    "get_backend",
+    "get_default_dtype",
+    "is_grad_enabled",
+    "losses",
+    "manual_seed",
+    "nn",
+    "no_grad",
+    "ones",
+    "set_default_dtype",
+    "tensor",
+    "zeros",
 ]

@@ -9,8 +9,8 @@ pre-activation ``z``. Names follow PyTorch's functional names.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 LEAKY_RELU_SLOPE = 0.01
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
@@ -111,7 +111,5 @@ def get_activation(name: str | None) -> Activation:
     if key in ("identity", "none"):
         key = "linear"
     if key not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}"
-        )
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[key]

@@ -111,9 +111,7 @@ class Tensor:
         backend = get_backend(device) if device is not None else None
         self.backend, self.data = _to_array(data, backend, dtype)
         if requires_grad and self.data.dtype.kind != "f":
-            raise TypeError(
-                f"only floating tensors can require grad, got dtype {self.data.dtype}"
-            )
+            raise TypeError(f"only floating tensors can require grad, got dtype {self.data.dtype}")
         self.requires_grad = bool(requires_grad)
         self.grad: Tensor | None = None
         self._node: _Node | None = None

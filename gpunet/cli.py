@@ -23,22 +23,36 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, backends and devices")
     info.set_defaults(func=cmd_info)
 
-    t = sub.add_parser("train", help="train a dense network on a built-in data set",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t = sub.add_parser(
+        "train",
+        help="train a dense network on a built-in data set",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     t.add_argument("--dataset", default="digits", choices=DATASETS)
-    t.add_argument("--hidden", type=int, nargs="*", default=[128, 64],
-                   help="hidden layer widths (none for a linear model)")
-    t.add_argument("--activation", default="relu",
-                   help="relu, leaky_relu, sigmoid, tanh or gelu")
-    t.add_argument("--loss", default=None,
-                   help="cross_entropy (classification default) or mse (regression default)")
+    t.add_argument(
+        "--hidden",
+        type=int,
+        nargs="*",
+        default=[128, 64],
+        help="hidden layer widths (none for a linear model)",
+    )
+    t.add_argument("--activation", default="relu", help="relu, leaky_relu, sigmoid, tanh or gelu")
+    t.add_argument(
+        "--loss",
+        default=None,
+        help="cross_entropy (classification default) or mse (regression default)",
+    )
     t.add_argument("--label-smoothing", type=float, default=0.0)
     t.add_argument("--optimizer", default="adam", help=", ".join(OPTIMIZERS))
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--momentum", type=float, default=0.0, help="SGD / RMSprop momentum")
     t.add_argument("--nesterov", action="store_true")
-    t.add_argument("--weight-decay", type=float, default=None,
-                   help="L2 penalty (decoupled for adamw; default 0, adamw 0.01)")
+    t.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="L2 penalty (decoupled for adamw; default 0, adamw 0.01)",
+    )
     t.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999))
     t.add_argument("--amsgrad", action="store_true")
     t.add_argument("--scheduler", default="none", choices=SCHEDULERS)
@@ -47,16 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--gamma", type=float, default=0.1, help="StepLR/MultiStepLR/ExponentialLR")
     t.add_argument("--factor", type=float, default=0.1, help="ReduceLROnPlateau factor")
     t.add_argument("--lr-patience", type=int, default=5, help="ReduceLROnPlateau patience")
-    t.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
-                   help="stop after PATIENCE epochs without val_loss improvement and "
-                        "restore the best weights")
+    t.add_argument(
+        "--early-stopping",
+        type=int,
+        default=None,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs without val_loss improvement and restore the best weights",
+    )
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--mode", choices=MODES, default=None,
-                   help="batch (full batch), stochastic (batch size 1) or minibatch")
+    t.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None,
+        help="batch (full batch), stochastic (batch size 1) or minibatch",
+    )
     t.add_argument("--validation-split", type=float, default=0.1)
-    t.add_argument("--no-standardize", action="store_true",
-                   help="skip per-feature standardization (fit on the training split)")
+    t.add_argument(
+        "--no-standardize",
+        action="store_true",
+        help="skip per-feature standardization (fit on the training split)",
+    )
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     t.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     t.add_argument("--engine", default="auto", choices=("auto", "autograd", "fused"))
@@ -87,14 +112,29 @@ def build_optimizer(args, params):
     name = args.optimizer.lower()
     wd = args.weight_decay
     if name == "sgd":
-        return optim.SGD(params, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
-                         weight_decay=wd or 0.0)
+        return optim.SGD(
+            params,
+            lr=args.lr,
+            momentum=args.momentum,
+            nesterov=args.nesterov,
+            weight_decay=wd or 0.0,
+        )
     if name == "adam":
-        return optim.Adam(params, lr=args.lr, betas=tuple(args.betas), weight_decay=wd or 0.0,
-                          amsgrad=args.amsgrad)
+        return optim.Adam(
+            params,
+            lr=args.lr,
+            betas=tuple(args.betas),
+            weight_decay=wd or 0.0,
+            amsgrad=args.amsgrad,
+        )
     if name == "adamw":
-        return optim.AdamW(params, lr=args.lr, betas=tuple(args.betas),
-                           weight_decay=0.01 if wd is None else wd, amsgrad=args.amsgrad)
+        return optim.AdamW(
+            params,
+            lr=args.lr,
+            betas=tuple(args.betas),
+            weight_decay=0.01 if wd is None else wd,
+            amsgrad=args.amsgrad,
+        )
     if name == "rmsprop":
         return optim.RMSprop(params, lr=args.lr, momentum=args.momentum, weight_decay=wd or 0.0)
     if name == "adagrad":
@@ -139,29 +179,54 @@ def cmd_train(args) -> int:
     loss_kwargs = {"label_smoothing": args.label_smoothing} if loss_name == "cross_entropy" else {}
     loss = get_loss(loss_name, **loss_kwargs)
     n_out = dataset.n_classes if classification else dataset.y_train.shape[1]
-    model = build_model(dataset.n_features, args.hidden, n_out, args.activation,
-                        np.dtype(args.dtype), args.device)
+    model = build_model(
+        dataset.n_features, args.hidden, n_out, args.activation, np.dtype(args.dtype), args.device
+    )
     optimizer = build_optimizer(args, model.parameters())
     scheduler = build_scheduler(args, optimizer)
     callbacks = []
     if args.early_stopping is not None:
-        callbacks.append(EarlyStopping(monitor="val_loss", patience=args.early_stopping,
-                                       restore_best_weights=True))
-    trainer = Trainer(model, loss, optimizer, callbacks=callbacks, scheduler=scheduler,
-                      engine=args.engine, flush_denormals=not args.no_flush_denormals,
-                      progress=not args.no_progress)
-    print(f"gpunet: {dataset.name}: {len(X_train)} train / {len(X_test)} test samples, "
-          f"{dataset.n_features} features; model {model}", file=sys.stderr)
+        callbacks.append(
+            EarlyStopping(
+                monitor="val_loss", patience=args.early_stopping, restore_best_weights=True
+            )
+        )
+    trainer = Trainer(
+        model,
+        loss,
+        optimizer,
+        callbacks=callbacks,
+        scheduler=scheduler,
+        engine=args.engine,
+        flush_denormals=not args.no_flush_denormals,
+        progress=not args.no_progress,
+    )
+    print(
+        f"gpunet: {dataset.name}: {len(X_train)} train / {len(X_test)} test samples, "
+        f"{dataset.n_features} features; model {model}",
+        file=sys.stderr,
+    )
     start = time.perf_counter()
-    history = trainer.fit(X_train, dataset.y_train, epochs=args.epochs,
-                          batch_size=args.batch_size, mode=args.mode, seed=args.seed,
-                          validation_split=args.validation_split)
+    history = trainer.fit(
+        X_train,
+        dataset.y_train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        mode=args.mode,
+        seed=args.seed,
+        validation_split=args.validation_split,
+    )
     train_time = time.perf_counter() - start
     test = trainer.evaluate(X_test, dataset.y_test)
-    summary = {"dataset": dataset.name, "epochs_run": len(history),
-               "iterations": history.iterations, "train_time_s": train_time,
-               "engine": trainer.engine_name, "device": model.device,
-               **{f"test_{k}": v for k, v in test.items()}}
+    summary = {
+        "dataset": dataset.name,
+        "epochs_run": len(history),
+        "iterations": history.iterations,
+        "train_time_s": train_time,
+        "engine": trainer.engine_name,
+        "device": model.device,
+        **{f"test_{k}": v for k, v in test.items()},
+    }
     if args.output:
         with atomic_write(args.output) as tmp, open(tmp, "w") as fh:
             json.dump({"summary": summary, "history": history.to_dict()}, fh, indent=2)
@@ -169,10 +234,15 @@ def cmd_train(args) -> int:
         from gpunet.io import save_weights  # noqa: PLC0415
 
         save_weights(model, args.save)
-    metric = (f"test accuracy {test['accuracy']:.4f}" if "accuracy" in test
-              else f"test loss {test['loss']:.4g}")
-    print(f"{metric}  (test loss {test['loss']:.4f}, {len(history)} epochs, "
-          f"{history.iterations} iterations, training time {train_time:.2f}s)")
+    metric = (
+        f"test accuracy {test['accuracy']:.4f}"
+        if "accuracy" in test
+        else f"test loss {test['loss']:.4g}"
+    )
+    print(
+        f"{metric}  (test loss {test['loss']:.4f}, {len(history)} epochs, "
+        f"{history.iterations} iterations, training time {train_time:.2f}s)"
+    )
     return 0
 
 

@@ -94,9 +94,7 @@ def dense(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation="lin
                 f"dtype mismatch: input is {x.dtype} but {name} is {t.dtype}; "
                 f"convert the input with .to(dtype=...) or the model with .to(dtype=...)"
             )
-    y, saved = backend.dense_forward(
-        x.data, weight.data, None if bias is None else bias.data, act
-    )
+    y, saved = backend.dense_forward(x.data, weight.data, None if bias is None else bias.data, act)
 
     def backward(g):
         dx, dW, db = backend.dense_backward(
@@ -121,9 +119,7 @@ def _check_class_targets(logits: Tensor, target: Tensor, what: str) -> None:
     if logits.ndim != 2:
         raise ValueError(f"{what} expects input of shape (N, C), got {logits.shape}")
     if target.dtype.kind not in "iu":
-        raise TypeError(
-            f"{what} expects integer class-index targets, got dtype {target.dtype}"
-        )
+        raise TypeError(f"{what} expects integer class-index targets, got dtype {target.dtype}")
     if target.shape != (logits.shape[0],):
         raise ValueError(
             f"{what}: target shape {target.shape} does not match batch size "

@@ -44,8 +44,10 @@ class CrossEntropyLoss(_Loss):
         return F.cross_entropy(input, target, self.reduction, self.label_smoothing)
 
     def __repr__(self) -> str:
-        return (f"CrossEntropyLoss(reduction={self.reduction!r}, "
-                f"label_smoothing={self.label_smoothing})")
+        return (
+            f"CrossEntropyLoss(reduction={self.reduction!r}, "
+            f"label_smoothing={self.label_smoothing})"
+        )
 
 
 class NLLLoss(_Loss):
@@ -69,8 +71,13 @@ class BCELoss(_Loss):
         return F.binary_cross_entropy(input, target, self.reduction)
 
 
-LOSSES = {"mse": MSELoss, "cross_entropy": CrossEntropyLoss, "nll": NLLLoss,
-          "bce_with_logits": BCEWithLogitsLoss, "bce": BCELoss}
+LOSSES = {
+    "mse": MSELoss,
+    "cross_entropy": CrossEntropyLoss,
+    "nll": NLLLoss,
+    "bce_with_logits": BCEWithLogitsLoss,
+    "bce": BCELoss,
+}
 
 
 def get_loss(name: str, **kwargs) -> _Loss:

@@ -37,8 +37,10 @@ def check_gradients(fn, *arrays, wrt=None, tol=1e-6, seed=0):
     contributes. ``wrt`` lists the argument indices to check (default: all float ones).
     Returns the worst relative error.
     """
-    arrays = [np.array(a, dtype=np.float64) if np.asarray(a).dtype.kind == "f" else
-              np.asarray(a) for a in arrays]
+    arrays = [
+        np.array(a, dtype=np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
+        for a in arrays
+    ]
     wrt = [i for i, a in enumerate(arrays) if a.dtype.kind == "f"] if wrt is None else wrt
     rng = np.random.default_rng(seed)
     weights = {}

@@ -5,8 +5,8 @@ import pytest
 
 import gpunet
 from gpunet import Tensor
-from gpunet import functional as F
 from gpunet import autograd as T
+from gpunet import functional as F
 from tests.gradcheck import check_gradients
 
 rng = np.random.default_rng(1234)
@@ -91,8 +91,9 @@ def test_concatenate_gradient():
 
 def test_composite_expression_with_reuse():
     # x used several times: gradients from every path must add up
-    check_gradients(lambda x, y: ((x * y + x).exp() * x).sum(axis=0) / (y * y + 1), rand(3, 4),
-                    rand(3, 4))
+    check_gradients(
+        lambda x, y: ((x * y + x).exp() * x).sum(axis=0) / (y * y + 1), rand(3, 4), rand(3, 4)
+    )
 
 
 def test_gradient_accumulates_across_backward_calls():

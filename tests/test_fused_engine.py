@@ -66,8 +66,15 @@ def make_data(dtype, loss_name):
 def train(engine, opt_name, loss_name, batch_size, dtype, epochs=2, callbacks=None):
     model = make_model(dtype)
     opt = OPTIMIZERS[opt_name](model.parameters())
-    trainer = Trainer(model, LOSSES[loss_name](), opt, engine=engine, progress=False, verbose=0,
-                      callbacks=callbacks)
+    trainer = Trainer(
+        model,
+        LOSSES[loss_name](),
+        opt,
+        engine=engine,
+        progress=False,
+        verbose=0,
+        callbacks=callbacks,
+    )
     X, y = make_data(dtype, loss_name)
     history = trainer.fit(X, y, epochs=epochs, batch_size=batch_size, seed=3)
     assert trainer.engine_name == engine
@@ -87,8 +94,7 @@ def assert_close(a: dict, b: dict, tol: float, what: str):
 @pytest.mark.parametrize("loss_name", list(LOSSES))
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 def test_fused_matches_autograd(opt_name, loss_name, batch, dtype):
-    ref_model, ref_opt, ref_hist = train("autograd", opt_name, loss_name, BATCH_SIZES[batch],
-                                         dtype)
+    ref_model, ref_opt, ref_hist = train("autograd", opt_name, loss_name, BATCH_SIZES[batch], dtype)
     model, opt, hist = train("fused", opt_name, loss_name, BATCH_SIZES[batch], dtype)
     tol = TOLERANCE[dtype]
     assert_close(ref_model.state_dict(), model.state_dict(), tol, "weight")
@@ -97,8 +103,7 @@ def test_fused_matches_autograd(opt_name, loss_name, batch, dtype):
         s_ref, s = ref_opt.state[p_ref], opt.state[p]
         assert set(s_ref) == set(s), f"state keys {set(s_ref)} != {set(s)}"
         assert_close({k: v for k, v in s_ref.items()}, s, max(tol, 1e-9), "optimizer state")
-    np.testing.assert_allclose(hist.history["loss"], ref_hist.history["loss"],
-                               rtol=100 * tol)
+    np.testing.assert_allclose(hist.history["loss"], ref_hist.history["loss"], rtol=100 * tol)
     assert hist.iterations == ref_hist.iterations
     if "accuracy" in ref_hist.history:
         assert hist.history["accuracy"] == ref_hist.history["accuracy"]
@@ -109,14 +114,17 @@ def test_switching_paths_mid_training_continues_the_same_trajectory():
     X, y = make_data(dtype, "ce_mean")
     ref = make_model(dtype)
     ref_opt = optim.Adam(ref.parameters(), lr=0.01, amsgrad=True)
-    Trainer(ref, nn.CrossEntropyLoss(), ref_opt, engine="autograd", progress=False,
-            verbose=0).fit(X, y, epochs=2, batch_size=4, shuffle=False)
+    Trainer(ref, nn.CrossEntropyLoss(), ref_opt, engine="autograd", progress=False, verbose=0).fit(
+        X, y, epochs=2, batch_size=4, shuffle=False
+    )
     mixed = make_model(dtype)
     opt = optim.Adam(mixed.parameters(), lr=0.01, amsgrad=True)
-    Trainer(mixed, nn.CrossEntropyLoss(), opt, engine="fused", progress=False,
-            verbose=0).fit(X, y, epochs=1, batch_size=4, shuffle=False)
-    Trainer(mixed, nn.CrossEntropyLoss(), opt, engine="autograd", progress=False,
-            verbose=0).fit(X, y, epochs=1, batch_size=4, shuffle=False)
+    Trainer(mixed, nn.CrossEntropyLoss(), opt, engine="fused", progress=False, verbose=0).fit(
+        X, y, epochs=1, batch_size=4, shuffle=False
+    )
+    Trainer(mixed, nn.CrossEntropyLoss(), opt, engine="autograd", progress=False, verbose=0).fit(
+        X, y, epochs=1, batch_size=4, shuffle=False
+    )
     assert_close(ref.state_dict(), mixed.state_dict(), 1e-10, "weight")
 
 
@@ -128,8 +136,16 @@ def test_early_stopping_and_scheduler_behave_the_same_on_both_engines():
         scheduler = optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
         stopper = EarlyStopping(monitor="val_loss", patience=1, restore_best_weights=True)
         X, y = make_data(np.float64, "ce_mean")
-        trainer = Trainer(model, nn.CrossEntropyLoss(), opt, callbacks=[stopper],
-                          scheduler=scheduler, engine=engine, progress=False, verbose=0)
+        trainer = Trainer(
+            model,
+            nn.CrossEntropyLoss(),
+            opt,
+            callbacks=[stopper],
+            scheduler=scheduler,
+            engine=engine,
+            progress=False,
+            verbose=0,
+        )
         history = trainer.fit(X, y, epochs=30, batch_size=5, validation_split=0.25, seed=1)
         results.append((history, model.state_dict(), stopper.stopped_epoch))
     (h1, w1, s1), (h2, w2, s2) = results
@@ -142,27 +158,38 @@ def test_early_stopping_and_scheduler_behave_the_same_on_both_engines():
 def test_auto_picks_fused_for_dense_models_and_autograd_otherwise():
     X, y = make_data(np.float32, "ce_mean")
     model = make_model(np.float32)
-    trainer = Trainer(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters()),
-                      progress=False, verbose=0)
+    trainer = Trainer(
+        model, nn.CrossEntropyLoss(), optim.SGD(model.parameters()), progress=False, verbose=0
+    )
     trainer.fit(X, y, epochs=1)
     assert trainer.engine_name == "fused"
     odd = nn.Sequential(nn.Flatten(), nn.Linear(N_FEATURES, N_CLASSES))
-    trainer = Trainer(odd, nn.CrossEntropyLoss(), optim.SGD(odd.parameters()), progress=False,
-                      verbose=0)
+    trainer = Trainer(
+        odd, nn.CrossEntropyLoss(), optim.SGD(odd.parameters()), progress=False, verbose=0
+    )
     trainer.fit(X, y, epochs=1)
     assert trainer.engine_name == "autograd"
     with pytest.raises(ValueError, match="engine='fused' cannot train this model: layer Flatten"):
-        Trainer(odd, nn.CrossEntropyLoss(), optim.SGD(odd.parameters()), engine="fused",
-                progress=False, verbose=0).fit(X, y, epochs=1)
+        Trainer(
+            odd,
+            nn.CrossEntropyLoss(),
+            optim.SGD(odd.parameters()),
+            engine="fused",
+            progress=False,
+            verbose=0,
+        ).fit(X, y, epochs=1)
 
 
-@pytest.mark.parametrize("case,reason", [
-    ("bce", "loss BCEWithLogitsLoss is not fused"),
-    ("double_activation", "does not directly follow a linear layer"),
-    ("partial_optimizer", "does not hold exactly the model's parameters"),
-    ("leaky_slope", "non-default slope"),
-    ("reduction_none", "reduction 'none'"),
-])
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("bce", "loss BCEWithLogitsLoss is not fused"),
+        ("double_activation", "does not directly follow a linear layer"),
+        ("partial_optimizer", "does not hold exactly the model's parameters"),
+        ("leaky_slope", "non-default slope"),
+        ("reduction_none", "reduction 'none'"),
+    ],
+)
 def test_unsupported_setups_name_the_reason(case, reason):
     from gpunet.backend import get_backend
 

@@ -27,8 +27,9 @@ def test_cross_entropy_value_and_gradient(reduction, smoothing):
     logits = rng.standard_normal((N, C)) * 3
     loss = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
     got = loss(Tensor(logits), TARGET).numpy()
-    np.testing.assert_allclose(got, reference_cross_entropy(logits, TARGET, smoothing, reduction),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        got, reference_cross_entropy(logits, TARGET, smoothing, reduction), rtol=1e-12
+    )
     check_gradients(lambda z: loss(z, TARGET), logits)
 
 

@@ -39,8 +39,15 @@ def test_sequential_gradients_through_every_layer():
     gpunet.set_default_dtype(np.float64)
     try:
         gpunet.manual_seed(3)
-        model = nn.Sequential(nn.Flatten(), nn.Dense(6, 5, "tanh"), nn.Linear(5, 4), nn.GELU(),
-                              nn.Sigmoid(), nn.Linear(4, 3), nn.LogSoftmax())
+        model = nn.Sequential(
+            nn.Flatten(),
+            nn.Dense(6, 5, "tanh"),
+            nn.Linear(5, 4),
+            nn.GELU(),
+            nn.Sigmoid(),
+            nn.Linear(4, 3),
+            nn.LogSoftmax(),
+        )
     finally:
         gpunet.set_default_dtype(np.float32)
     x = rng.standard_normal((4, 2, 3))
@@ -59,9 +66,15 @@ def test_sequential_gradients_through_every_layer():
 
 def test_activation_modules_match_functional():
     x = Tensor(rng.standard_normal((3, 4)))
-    for module, fn in [(nn.ReLU(), F.relu), (nn.Tanh(), F.tanh), (nn.Sigmoid(), F.sigmoid),
-                       (nn.GELU(), F.gelu), (nn.LeakyReLU(0.1), lambda t: F.leaky_relu(t, 0.1)),
-                       (nn.Softmax(), F.softmax), (nn.LogSoftmax(), F.log_softmax)]:
+    for module, fn in [
+        (nn.ReLU(), F.relu),
+        (nn.Tanh(), F.tanh),
+        (nn.Sigmoid(), F.sigmoid),
+        (nn.GELU(), F.gelu),
+        (nn.LeakyReLU(0.1), lambda t: F.leaky_relu(t, 0.1)),
+        (nn.Softmax(), F.softmax),
+        (nn.LogSoftmax(), F.log_softmax),
+    ]:
         np.testing.assert_array_equal(module(x).numpy(), fn(x).numpy())
 
 

@@ -70,8 +70,9 @@ class Backend:
         dx = dz @ W if need_dx else None
         return dx, dW, db
 
-    def softmax_cross_entropy(self, logits, target, label_smoothing: float = 0.0,
-                              grad_scale: float = 1.0):
+    def softmax_cross_entropy(
+        self, logits, target, label_smoothing: float = 0.0, grad_scale: float = 1.0
+    ):
         """Per-sample cross-entropy and its gradient in one pass.
 
         ``logits`` (N, C) float, ``target`` (N,) int class indices in [0, C).

@@ -1,6 +1,9 @@
-"""The CPU backend: NumPy arrays, with Numba kernels where they beat the reference."""
+"""The CPU backend: NumPy arrays, with the Numba kernels of ``gpunet.kernels.cpu`` in
+place of the ``xp`` reference ops (BLAS still does the matmuls)."""
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -17,7 +20,39 @@ class NumpyBackend(Backend):
     def is_native(self, array) -> bool:
         return isinstance(array, np.ndarray)
 
+    def dense_forward(self, x, W, b, act: str):
+        from gpunet.kernels.cpu import dense  # noqa: PLC0415
+
+        return dense.dense_forward(x, W, b, act)
+
+    def dense_backward(self, dy, x, W, saved, act: str, need_dx: bool = True):
+        from gpunet.kernels.cpu import dense  # noqa: PLC0415
+
+        return dense.dense_backward(dy, x, W, saved, act, need_dx)
+
+    def softmax_cross_entropy(
+        self, logits, target, label_smoothing: float = 0.0, grad_scale: float = 1.0
+    ):
+        from gpunet.kernels.cpu import softmax_xent  # noqa: PLC0415
+
+        return softmax_xent.softmax_cross_entropy(logits, target, label_smoothing, grad_scale)
+
+    def fused_update(self, optimizer_name: str):
+        from gpunet.kernels.cpu import optim_updates  # noqa: PLC0415
+
+        return optim_updates.fused_update(optimizer_name)
+
     def fused_epoch_kernel(self):
         from gpunet.kernels.cpu.fused_mlp import train_epoch  # noqa: PLC0415
 
         return train_epoch
+
+    def training_context(self, flush_denormals: bool = True):
+        """Flush subnormals to zero on this thread (x86 FTZ/DAZ) while training; the
+        update kernels also store subnormal optimizer state as 0 (see
+        ``gpunet.kernels.cpu.denormals``)."""
+        if not flush_denormals:
+            return contextlib.nullcontext()
+        from gpunet.kernels.cpu.denormals import flush_denormals as ftz  # noqa: PLC0415
+
+        return ftz()

@@ -69,5 +69,10 @@ class LogSoftmax(Softmax):
         return F.log_softmax(as_input(x, self), self.dim)
 
 
-ACTIVATION_MODULES = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "gelu": GELU,
-                      "leaky_relu": LeakyReLU}
+ACTIVATION_MODULES = {
+    "relu": ReLU,
+    "sigmoid": Sigmoid,
+    "tanh": Tanh,
+    "gelu": GELU,
+    "leaky_relu": LeakyReLU,
+}

@@ -6,10 +6,10 @@ import math
 
 from gpunet import functional as F
 from gpunet.activations import get_activation
+from gpunet.autograd import Tensor
 from gpunet.dtypes import check_float_dtype, get_default_dtype
 from gpunet.nn.module import Module, Parameter
 from gpunet.random import default_generator
-from gpunet.autograd import Tensor
 
 
 def as_input(x, like: Module) -> Tensor:
@@ -28,8 +28,9 @@ class Linear(Module):
 
     activation = "linear"
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 device=None, dtype=None):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None
+    ):
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -50,8 +51,10 @@ class Linear(Module):
         return F.dense(as_input(x, self), self.weight, self.bias, self.activation)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 class Dense(Linear):
@@ -61,8 +64,15 @@ class Dense(Linear):
     "tanh" or "gelu".
     """
 
-    def __init__(self, in_features: int, out_features: int, activation: str | None = "linear",
-                 bias: bool = True, device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: str | None = "linear",
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ):
         self_activation = get_activation(activation).name  # validate before allocating
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         object.__setattr__(self, "activation", self_activation)
@@ -84,9 +94,9 @@ class Flatten(Module):
         start = self.start_dim % len(shape)
         end = self.end_dim % len(shape)
         size = 1
-        for n in shape[start:end + 1]:
+        for n in shape[start : end + 1]:
             size *= n
-        return x.reshape(shape[:start] + (size,) + shape[end + 1:])
+        return x.reshape(shape[:start] + (size,) + shape[end + 1 :])
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from gpunet.autograd import Tensor
 from gpunet.backend import get_backend
 from gpunet.dtypes import check_float_dtype
-from gpunet.autograd import Tensor
 
 
 class Parameter(Tensor):

@@ -11,6 +11,14 @@ from gpunet.train.history import History
 from gpunet.train.loop import Trainer, evaluate, fit, predict
 
 __all__ = [
-    "Callback", "CallbackList", "EarlyStopping", "History", "LRSchedulerCallback",
-    "ModelCheckpoint", "Trainer", "evaluate", "fit", "predict",
+    "Callback",
+    "CallbackList",
+    "EarlyStopping",
+    "History",
+    "LRSchedulerCallback",
+    "ModelCheckpoint",
+    "Trainer",
+    "evaluate",
+    "fit",
+    "predict",
 ]

@@ -32,8 +32,8 @@ class AutogradEngine:
         loss_sum = xp.zeros((), dtype=X.dtype)
         correct = xp.zeros((), dtype="int64") if self.track_accuracy else None
         for iteration, start in enumerate(range(0, n, batch_size)):
-            xb = Tensor._wrap(X[start:start + batch_size], backend)
-            yb = Tensor._wrap(y[start:start + batch_size], backend)
+            xb = Tensor._wrap(X[start : start + batch_size], backend)
+            yb = Tensor._wrap(y[start : start + batch_size], backend)
             out = self.model(xb)
             loss = self.loss(out, yb)
             self.optimizer.zero_grad()

@@ -28,7 +28,6 @@ STATE_SLOTS = {
     "rmsprop": ("square_avg", "grad_avg", "momentum_buffer"),
     "adagrad": ("sum", None, None),
 }
-OUTER_PRODUCT_MAX_BATCH = 4  # up to this batch size dW is formed inside the update sweep
 
 
 def dense_layers(model):
@@ -94,8 +93,7 @@ class FusedDenseEngine:
 
     name = "fused"
 
-    def __init__(self, model, loss, optimizer, track_accuracy: bool,
-                 flush_denormals: bool = True):
+    def __init__(self, model, loss, optimizer, track_accuracy: bool, flush_denormals: bool = True):
         from gpunet.kernels.cpu.fused_mlp import LOSS_CODES  # noqa: PLC0415
         from gpunet.kernels.cpu.update_rules import OPTIMIZER_CODES  # noqa: PLC0415
 
@@ -107,18 +105,27 @@ class FusedDenseEngine:
         self.kernel = self.backend.fused_epoch_kernel()
         self.opt_name = optimizer._update_name
         self.opt_code = OPTIMIZER_CODES[self.opt_name]
-        self.loss_code = LOSS_CODES["cross_entropy" if isinstance(loss, CrossEntropyLoss)
-                                    else "mse"]
+        self.loss_code = LOSS_CODES[
+            "cross_entropy" if isinstance(loss, CrossEntropyLoss) else "mse"
+        ]
         self.params = list(model.parameters())
         index = {id(p): k for k, p in enumerate(self.params)}
         sizes = np.array([p.data.size for p in self.params], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.param_table = np.stack([offsets, sizes], axis=1)
-        self.layer_table = np.array([
-            [lin.in_features, lin.out_features, index[id(lin.weight)],
-             -1 if lin.bias is None else index[id(lin.bias)], _act_code(act)]
-            for lin, act in self.layers
-        ], dtype=np.int64)
+        self.layer_table = np.array(
+            [
+                [
+                    lin.in_features,
+                    lin.out_features,
+                    index[id(lin.weight)],
+                    -1 if lin.bias is None else index[id(lin.bias)],
+                    _act_code(act),
+                ]
+                for lin, act in self.layers
+            ],
+            dtype=np.int64,
+        )
         self.group_of = {}
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -132,7 +139,7 @@ class FusedDenseEngine:
     # ----------------------------------------------------------- state sync
     def _views(self, buffer, k):
         off, size = self.param_table[k]
-        return buffer[off:off + size].reshape(self.params[k].shape)
+        return buffer[off : off + size].reshape(self.params[k].shape)
 
     def _load(self):
         """Model parameters and optimizer state -> flat buffers (epoch start)."""
@@ -194,10 +201,23 @@ class FusedDenseEngine:
             labels = np.zeros(0, np.int64)
             targets = np.ascontiguousarray(y.reshape(len(y), -1), dtype=X.dtype)
         loss_sum, correct = self.kernel(
-            X, labels, targets, batch_size, self.layer_table, self.param_table, self.P, self.G, *self.S, H,
-            steps, firsts, self.opt_code, self.loss_code,
-            float(getattr(self.loss, "label_smoothing", 0.0)), self.loss.reduction == "mean",
-            OUTER_PRODUCT_MAX_BATCH, self.flush_denormals,
+            X,
+            labels,
+            targets,
+            batch_size,
+            self.layer_table,
+            self.param_table,
+            self.P,
+            self.G,
+            *self.S,
+            H,
+            steps,
+            firsts,
+            self.opt_code,
+            self.loss_code,
+            float(getattr(self.loss, "label_smoothing", 0.0)),
+            self.loss.reduction == "mean",
+            self.flush_denormals,
         )
         self._store(steps, firsts)
         for p in self.params:

@@ -69,9 +69,20 @@ class Trainer:
     slow small-batch training several-fold); results differ only below 1e-38.
     """
 
-    def __init__(self, model, loss, optimizer, *, metrics=None, callbacks=None, scheduler=None,
-                 engine: str = "auto", flush_denormals: bool = True, progress: bool = True,
-                 verbose: int = 1):
+    def __init__(
+        self,
+        model,
+        loss,
+        optimizer,
+        *,
+        metrics=None,
+        callbacks=None,
+        scheduler=None,
+        engine: str = "auto",
+        flush_denormals: bool = True,
+        progress: bool = True,
+        verbose: int = 1,
+    ):
         if isinstance(loss, str):
             loss = get_loss(loss)
         if engine not in ENGINES:
@@ -101,8 +112,9 @@ class Trainer:
         backend = self.backend
         X = check.as_host_or_device_array(x, name_x, backend)
         X = check.check_features(X, name_x, self.model.dtype)
-        Y = check.check_targets(check.as_host_or_device_array(y, name_y, backend), name_y,
-                                X.shape[0], name_x)
+        Y = check.check_targets(
+            check.as_host_or_device_array(y, name_y, backend), name_y, X.shape[0], name_x
+        )
         with no_grad():  # one-sample probe: shape/dtype errors surface before training
             probe = self.model(Tensor._wrap(backend.asarray(X[:1]), backend))
         if uses_class_indices(self.loss):
@@ -123,19 +135,31 @@ class Trainer:
 
         track = bool(self.metrics)
         if self.engine_choice != "autograd":
-            reason = fused_unsupported_reason(self.model, self.loss, self.optimizer,
-                                              self.backend, self.callbacks)
+            reason = fused_unsupported_reason(
+                self.model, self.loss, self.optimizer, self.backend, self.callbacks
+            )
             if reason is None:
-                return FusedDenseEngine(self.model, self.loss, self.optimizer, track,
-                                        self.flush_denormals)
+                return FusedDenseEngine(
+                    self.model, self.loss, self.optimizer, track, self.flush_denormals
+                )
             if self.engine_choice == "fused":
                 raise ValueError(f"engine='fused' cannot train this model: {reason}")
         return AutogradEngine(self.model, self.loss, self.optimizer, track)
 
     # ------------------------------------------------------------------- fit
-    def fit(self, x, y, *, epochs: int = 1, batch_size: int | None = 32, mode: str | None = None,
-            shuffle: bool = True, seed: int | None = None, validation_data=None,
-            validation_split: float = 0.0) -> History:
+    def fit(
+        self,
+        x,
+        y,
+        *,
+        epochs: int = 1,
+        batch_size: int | None = 32,
+        mode: str | None = None,
+        shuffle: bool = True,
+        seed: int | None = None,
+        validation_data=None,
+        validation_split: float = 0.0,
+    ) -> History:
         """Train for ``epochs`` epochs; returns the History of per-epoch values."""
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
             raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -151,8 +175,8 @@ class Trainer:
                     f"validation_split={validation_split} leaves no samples for "
                     f"{'validation' if n_val < 1 else 'training'} out of {n_all}"
                 )
-            validation_data = (x[n_all - n_val:], y[n_all - n_val:])
-            x, y = x[:n_all - n_val], y[:n_all - n_val]
+            validation_data = (x[n_all - n_val :], y[n_all - n_val :])
+            x, y = x[: n_all - n_val], y[: n_all - n_val]
         X, Y = self._prepare(x, y)
         val = None
         if validation_data is not None:
@@ -168,8 +192,11 @@ class Trainer:
         history = History()
         history.iterations_per_epoch = iterations
         if self.verbose:
-            print(f"gpunet: {regime_name(batch_size, n)}, {iterations} iterations/epoch, "
-                  f"{engine.name} engine on {self.backend.device}", file=sys.stderr)
+            print(
+                f"gpunet: {regime_name(batch_size, n)}, {iterations} iterations/epoch, "
+                f"{engine.name} engine on {self.backend.device}",
+                file=sys.stderr,
+            )
 
         self.stop_training = False
         self.callbacks.set_trainer(self)
@@ -186,8 +213,14 @@ class Trainer:
                     Xe, Ye = X, Y
                 self.model.train()
                 start = time.perf_counter()
-                with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="sample",
-                          disable=not self.progress, leave=False, file=sys.stderr) as bar:
+                with tqdm(
+                    total=n,
+                    desc=f"epoch {epoch + 1}/{epochs}",
+                    unit="sample",
+                    disable=not self.progress,
+                    leave=False,
+                    file=sys.stderr,
+                ) as bar:
                     on_batch = self._batch_hook(bar, batch_size, n)
                     loss_sum, correct = engine.train_epoch(Xe, Ye, batch_size, on_batch)
                     bar.update(n - bar.n)
@@ -233,8 +266,8 @@ class Trainer:
         loss_sum, correct, n = 0.0, 0, X.shape[0]
         with no_grad():
             for start in range(0, n, batch_size):
-                xb = Tensor._wrap(X[start:start + batch_size], backend)
-                yb = Tensor._wrap(Y[start:start + batch_size], backend)
+                xb = Tensor._wrap(X[start : start + batch_size], backend)
+                yb = Tensor._wrap(Y[start : start + batch_size], backend)
                 out = self.model(xb)
                 loss_sum += float(self.loss(out, yb).data) * xb.shape[0]
                 if self.metrics:
@@ -263,24 +296,59 @@ def predict(model, x, batch_size: int = 1024) -> np.ndarray:
     outs = []
     with no_grad():
         for start in range(0, X.shape[0], batch_size):
-            outs.append(backend.to_numpy(model(Tensor._wrap(X[start:start + batch_size],
-                                                            backend)).data))
+            outs.append(
+                backend.to_numpy(model(Tensor._wrap(X[start : start + batch_size], backend)).data)
+            )
     model.train(was_training)
     return np.concatenate(outs, axis=0)
 
 
-def fit(model, x, y, *, loss, optimizer, epochs: int = 1, batch_size: int | None = 32,
-        mode: str | None = None, shuffle: bool = True, seed: int | None = None,
-        validation_data=None, validation_split: float = 0.0, metrics=None, callbacks=None,
-        scheduler=None, engine: str = "auto", flush_denormals: bool = True,
-        progress: bool = True, verbose: int = 1) -> History:
+def fit(
+    model,
+    x,
+    y,
+    *,
+    loss,
+    optimizer,
+    epochs: int = 1,
+    batch_size: int | None = 32,
+    mode: str | None = None,
+    shuffle: bool = True,
+    seed: int | None = None,
+    validation_data=None,
+    validation_split: float = 0.0,
+    metrics=None,
+    callbacks=None,
+    scheduler=None,
+    engine: str = "auto",
+    flush_denormals: bool = True,
+    progress: bool = True,
+    verbose: int = 1,
+) -> History:
     """Functional form of :meth:`Trainer.fit` (see there for the arguments)."""
-    trainer = Trainer(model, loss, optimizer, metrics=metrics, callbacks=callbacks,
-                      scheduler=scheduler, engine=engine, flush_denormals=flush_denormals,
-                      progress=progress, verbose=verbose)
-    return trainer.fit(x, y, epochs=epochs, batch_size=batch_size, mode=mode, shuffle=shuffle,
-                       seed=seed, validation_data=validation_data,
-                       validation_split=validation_split)
+    trainer = Trainer(
+        model,
+        loss,
+        optimizer,
+        metrics=metrics,
+        callbacks=callbacks,
+        scheduler=scheduler,
+        engine=engine,
+        flush_denormals=flush_denormals,
+        progress=progress,
+        verbose=verbose,
+    )
+    return trainer.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=batch_size,
+        mode=mode,
+        shuffle=shuffle,
+        seed=seed,
+        validation_data=validation_data,
+        validation_split=validation_split,
+    )
 
 
 def evaluate(model, x, y, *, loss, batch_size: int = 1024, metrics=None) -> dict:

@@ -26,13 +26,9 @@ def as_host_or_device_array(data, name: str, model_backend):
 def check_features(x, name: str, model_dtype):
     """Validate an input array (N, ...) and cast it to the model dtype."""
     if x.dtype.kind not in "fiub":
-        raise TypeError(
-            f"{name} has dtype {x.dtype}; expected a numeric (float or int) array"
-        )
+        raise TypeError(f"{name} has dtype {x.dtype}; expected a numeric (float or int) array")
     if x.ndim < 2:
-        raise ValueError(
-            f"{name} must have shape (samples, features), got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} must have shape (samples, features), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty (0 samples)")
     if x.dtype.kind == "f" and not bool(_xp(x).isfinite(x).all()):

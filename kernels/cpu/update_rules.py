@@ -29,6 +29,8 @@ import math
 import numpy as np
 from numba import njit
 
+from gpunet.kernels.cpu.dense import _like
+
 SGD, ADAM, RMSPROP, ADAGRAD = range(4)
 OPTIMIZER_CODES = {"sgd": SGD, "adam": ADAM, "rmsprop": RMSPROP, "adagrad": ADAGRAD}
 N_HYPER = 8
@@ -36,56 +38,73 @@ N_HYPER = 8
 
 @njit(cache=True, error_model="numpy")
 def coefficients(kind, h, step, first):
-    """Per-step coefficients ``(c0..c9)`` of a rule, from ``h``, the 1-based ``step``
+    """Per-step coefficients ``(c0..c10)`` of a rule, from ``h``, the 1-based ``step``
     count and ``first`` (SGD: no momentum buffer exists yet)."""
-    sign = -1.0 if h[N_HYPER - 1 if kind == ADAM else (6 if kind == RMSPROP else
-                                                        (5 if kind == SGD else 4))] else 1.0
     if kind == SGD:
-        lr, momentum, dampening, nesterov, wd = h[0], h[1], h[2], h[3], h[4]
+        lr, momentum, dampening, nesterov, wd, maximize = h[0], h[1], h[2], h[3], h[4], h[5]
         if momentum == 0.0:
             mb, md, n1, n2 = 0.0, 0.0, 1.0, 0.0
         else:
             mb, md = (0.0, 1.0) if first else (momentum, 1.0 - dampening)
             n1, n2 = (1.0, momentum) if nesterov != 0.0 else (0.0, 1.0)
-        return sign, wd, mb, md, n1, n2, lr, 0.0, 0.0, 0.0
+        sign = -1.0 if maximize != 0.0 else 1.0
+        return sign, wd, mb, md, n1, n2, lr, 0.0, 0.0, 0.0, 0.0
     if kind == ADAM:
-        lr, beta1, beta2, eps, wd, decoupled, amsgrad = h[0], h[1], h[2], h[3], h[4], h[5], h[6]
+        lr, beta1, beta2, eps, wd = h[0], h[1], h[2], h[3], h[4]
+        decoupled, amsgrad, maximize = h[5], h[6], h[7]
+        sign = -1.0 if maximize != 0.0 else 1.0
         l2 = 0.0 if decoupled != 0.0 else wd
         decay = 1.0 - lr * wd if decoupled != 0.0 else 1.0
-        step_size = lr / (1.0 - beta1**step)
-        bc2_sqrt = math.sqrt(1.0 - beta2**step)
-        return sign, l2, decay, 1.0 - beta1, beta2, 1.0 - beta2, step_size, bc2_sqrt, eps, amsgrad
+        # float exponents and ** 0.5: the same libm calls as the Python reference
+        step_size = lr / (1.0 - beta1 ** float(step))
+        bc2_sqrt = (1.0 - beta2 ** float(step)) ** 0.5
+        w = 1.0 - beta1  # exp_avg.lerp_(grad, 1 - beta1)
+        return sign, l2, decay, w, 1.0 - w, beta2, 1.0 - beta2, step_size, bc2_sqrt, eps, amsgrad
     if kind == RMSPROP:
-        lr, alpha, eps, wd, momentum, centered = h[0], h[1], h[2], h[3], h[4], h[5]
-        return sign, wd, alpha, 1.0 - alpha, eps, momentum, centered, lr, 0.0, 0.0
-    lr, lr_decay, wd, eps = h[0], h[1], h[2], h[3]
-    return sign, wd, lr / (1.0 + (step - 1) * lr_decay), eps, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+        lr, alpha, eps, wd, momentum, centered, maximize = h[0], h[1], h[2], h[3], h[4], h[5], h[6]
+        sign = -1.0 if maximize != 0.0 else 1.0
+        w = 1.0 - alpha  # grad_avg.lerp_(grad, 1 - alpha)
+        return sign, wd, alpha, w, 1.0 - w, eps, momentum, centered, lr, 0.0, 0.0
+    lr, lr_decay, wd, eps, maximize = h[0], h[1], h[2], h[3], h[4]
+    sign = -1.0 if maximize != 0.0 else 1.0
+    clr = lr / (1.0 + (step - 1) * lr_decay)
+    return sign, wd, clr, eps, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 
 
 @njit(inline="always", error_model="numpy")
-def apply_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9):
-    """One element's update; returns ``(p, s1, s2, s3)``. ``c0..c9`` come from
+def _lerp(a, b, w, rest):
+    """``torch.lerp(a, b, w)``: ``a + w (b - a)`` for ``|w| < 0.5``, else
+    ``b - (b - a)(1 - w)``; ``rest`` is ``1 - w`` (the branch is loop invariant)."""
+    return a + w * (b - a) if abs(w) < 0.5 else b - (b - a) * rest
+
+
+@njit(inline="always", error_model="numpy")
+def apply_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
+    """One element's update; returns ``(p, s1, s2, s3)``. ``c0..c10`` come from
     :func:`coefficients`, cast by the caller to the element dtype (so no operation here
-    promotes float32 to float64)."""
-    d = c0 * g + c1 * p
+    promotes float32 to float64). The operation order is the reference's, so results
+    are bitwise equal to ``gpunet.optim.functional``."""
+    d = c0 * g + p * c1
     if kind == SGD:
-        buf = c2 * s1 + c3 * d
-        return p - c6 * (c4 * d + c5 * buf), buf, s2, s3
+        buf = s1 * c2 + d * c3
+        return p - (c4 * d + buf * c5) * c6, buf, s2, s3
     if kind == ADAM:
-        m = s1 + (d - s1) * c3
-        v = s2 * c4 + c5 * d * d
-        vmax = max(s3, v)
-        denom = math.sqrt(vmax if c9 != c9 * 0 else v) / c7 + c8
-        return p * c2 - c6 * (m / denom), m, v, vmax
+        m = _lerp(s1, d, c3, c4)
+        v = s2 * c5 + (d * c6) * d
+        vmax = v if (v > s3 or v != v) else s3  # np.maximum: NaN propagates
+        denom = math.sqrt(vmax if c10 != c10 * 0 else v) / c8 + c9
+        return p * c2 - (m / denom) * c7, m, v, vmax
     if kind == RMSPROP:
-        sq = s1 * c2 + c3 * d * d
-        ga = s2 + (d - s2) * c3 if c6 != c6 * 0 else s2
-        step = d / (math.sqrt(sq - ga * ga) + c4)
-        with_momentum = c5 > c5 * 0
-        buf = c5 * s3 + step if with_momentum else s3
-        return p - c7 * (buf if with_momentum else step), sq, ga, buf
+        alpha, w, rest, eps, momentum, centered, lr = c2, c3, c4, c5, c6, c7, c8
+        sq = s1 * alpha + (d * w) * d
+        ga = _lerp(s2, d, w, rest) if centered != centered * 0 else s2
+        avg = (math.sqrt(sq - ga * ga) if centered != centered * 0 else math.sqrt(sq)) + eps
+        q = d / avg
+        with_momentum = momentum > momentum * 0
+        buf = s3 * momentum + q if with_momentum else s3
+        return p - (buf if with_momentum else q) * lr, sq, ga, buf
     total = s1 + d * d
-    return p - c2 * (d / (math.sqrt(total) + c3)), total, s2, s3
+    return p - (d / (math.sqrt(total) + c3)) * c2, total, s2, s3
 
 
 @njit(inline="always", error_model="numpy")
@@ -100,24 +119,135 @@ def flush(value, tiny):
     return value if abs(value) >= tiny else value - value
 
 
+@njit(inline="always", error_model="numpy")
+def typed_coefficients(kind, h, step, first, like):
+    """:func:`coefficients` cast to the scalar type of ``like`` (the parameter dtype),
+    as NumPy rounds a Python scalar to an array's dtype."""
+    c = coefficients(kind, h, step, first)
+    return (
+        _like(c[0], like),
+        _like(c[1], like),
+        _like(c[2], like),
+        _like(c[3], like),
+        _like(c[4], like),
+        _like(c[5], like),
+        _like(c[6], like),
+        _like(c[7], like),
+        _like(c[8], like),
+        _like(c[9], like),
+        _like(c[10], like),
+    )
+
+
+@njit(inline="always", error_model="numpy")
+def _read(array, k, zero):
+    """``array[k]``, or ``zero`` for an absent (zero-length) state array."""
+    return array[k] if array.shape[0] != 0 else zero
+
+
+@njit(inline="always", error_model="numpy")
+def update_span(kind, p_, g_, s1_, s2_, s3_, c, do_flush, tiny):
+    """Apply the rule to every element of the 1-D views ``p_``, ``g_`` (n,) and the
+    state views ``s1_``..``s3_`` (n,, or 0 when the state is absent) with typed
+    coefficients ``c``. The index comes from ``range(n)`` (provably >= 0, no
+    wraparound checks) and every option is a coefficient, so the loop vectorizes."""
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10 = c
+    zero = p_[0] - p_[0] if p_.shape[0] else c0 - c0
+    for k in range(p_.shape[0]):
+        p, s1, s2, s3 = apply_rule(
+            kind,
+            p_[k],
+            g_[k],
+            _read(s1_, k, zero),
+            _read(s2_, k, zero),
+            _read(s3_, k, zero),
+            c0,
+            c1,
+            c2,
+            c3,
+            c4,
+            c5,
+            c6,
+            c7,
+            c8,
+            c9,
+            c10,
+        )
+        p_[k] = p
+        if s1_.shape[0] != 0:
+            s1_[k] = flush(s1, tiny) if do_flush else s1
+        if uses_slots_2_3(kind):
+            if s2_.shape[0] != 0:
+                s2_[k] = flush(s2, tiny) if do_flush else s2
+            if s3_.shape[0] != 0:
+                s3_[k] = flush(s3, tiny) if do_flush else s3
+
+
+@njit(inline="always", error_model="numpy")
+def _update_array(kind, p, g, s1, s2, s3, h, step, first, do_flush):
+    like = p[0] if p.shape[0] else g.dtype.type(0)
+    c = typed_coefficients(kind, h, step, first, like)
+    update_span(kind, p, g, s1, s2, s3, c, do_flush, _like(np.finfo(p.dtype).tiny, like))
+
+
+@njit(cache=True, error_model="numpy")
+def update_array(kind, p, g, s1, s2, s3, h, step, first, do_flush):
+    """One optimizer step over flat arrays: ``p``, ``g`` (n,), state ``s1``..``s3`` (n,)
+    or zero-length when absent (see the module docstring for their meaning)."""
+    if kind == SGD:
+        _update_array(SGD, p, g, s1, s2, s3, h, step, first, do_flush)
+    elif kind == ADAM:
+        _update_array(ADAM, p, g, s1, s2, s3, h, step, first, do_flush)
+    elif kind == RMSPROP:
+        _update_array(RMSPROP, p, g, s1, s2, s3, h, step, first, do_flush)
+    else:
+        _update_array(ADAGRAD, p, g, s1, s2, s3, h, step, first, do_flush)
+
+
 def hyper_row(name: str, group: dict) -> np.ndarray:
     """The float64 row ``h`` for an optimizer name and a torch-style param group
     (``"adam"`` follows the group's ``decoupled_weight_decay``; ``"adamw"`` forces it)."""
     h = np.zeros(N_HYPER)
     if name == "sgd":
-        vals = [group["lr"], group["momentum"], group["dampening"], group["nesterov"],
-                group["weight_decay"], group.get("maximize", False)]
+        vals = [
+            group["lr"],
+            group["momentum"],
+            group["dampening"],
+            group["nesterov"],
+            group["weight_decay"],
+            group.get("maximize", False),
+        ]
     elif name in ("adam", "adamw"):
         beta1, beta2 = group["betas"]
         decoupled = name == "adamw" or group.get("decoupled_weight_decay", False)
-        vals = [group["lr"], beta1, beta2, group["eps"], group["weight_decay"], decoupled,
-                group["amsgrad"], group.get("maximize", False)]
+        vals = [
+            group["lr"],
+            beta1,
+            beta2,
+            group["eps"],
+            group["weight_decay"],
+            decoupled,
+            group["amsgrad"],
+            group.get("maximize", False),
+        ]
     elif name == "rmsprop":
-        vals = [group["lr"], group["alpha"], group["eps"], group["weight_decay"],
-                group["momentum"], group["centered"], group.get("maximize", False)]
+        vals = [
+            group["lr"],
+            group["alpha"],
+            group["eps"],
+            group["weight_decay"],
+            group["momentum"],
+            group["centered"],
+            group.get("maximize", False),
+        ]
     elif name == "adagrad":
-        vals = [group["lr"], group["lr_decay"], group["weight_decay"], group["eps"],
-                group.get("maximize", False)]
+        vals = [
+            group["lr"],
+            group["lr_decay"],
+            group["weight_decay"],
+            group["eps"],
+            group.get("maximize", False),
+        ]
     else:
         raise ValueError(f"no update rule for optimizer {name!r}")
     h[: len(vals)] = [float(v) for v in vals]

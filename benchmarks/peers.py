@@ -1,0 +1,363 @@
+"""The frameworks compared by ``train_throughput.py``, behind one small adapter interface.
+
+Every adapter trains the same dense ReLU network (``widths``, e.g. 784-512-512-10) with
+softmax cross-entropy (mean over the batch), forward + loss + backward + optimizer step
+per batch, on batches of a fresh shuffle of the data each epoch::
+
+    peer = TorchPeer(widths, seed=0)
+    peer.setup("sgd", np.float32)      # fresh model and optimizer
+    peer.train(X, y, batch_size)       # one epoch over (X, y)
+    peer.loss(X, y)                    # mean cross-entropy, no training
+
+gpunet, PyTorch and the plain NumPy MLP start from the same initial weights
+(``init_params``: PyTorch's ``nn.Linear`` default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+weights and biases); scikit-learn uses its own (Glorot) initialisation.
+
+``NumpyMLP`` is the plain NumPy implementation: what a person writes without a framework.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# optimizer name -> hyper-parameters, the same for every framework
+OPTIMIZERS = {
+    "sgd": {"lr": 0.01, "momentum": 0.9},
+    "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8},
+}
+
+
+def init_params(widths, seed: int, dtype=np.float32):
+    """``[(W (out, in), b (out,))]`` per layer, drawn like ``torch.nn.Linear`` does."""
+    rng = np.random.default_rng(seed)
+    params = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        bound = 1.0 / np.sqrt(fan_in)
+        W = rng.uniform(-bound, bound, (fan_out, fan_in)).astype(dtype)
+        b = rng.uniform(-bound, bound, fan_out).astype(dtype)
+        params.append((W, b))
+    return params
+
+
+# --------------------------------------------------------------------------- NumPy
+class NumpyMLP:
+    """A dense ReLU network trained with softmax cross-entropy in plain NumPy.
+
+    Parameters are ``[W, b]`` pairs (W is (out, in)); ``train_step`` does the forward
+    pass, the loss, backpropagation and an SGD-with-momentum or Adam update with
+    PyTorch's update rules (momentum ``buf = m*buf + g; p -= lr*buf``; Adam with bias
+    correction). No gradient is computed for the input.
+    """
+
+    def __init__(
+        self,
+        params,
+        optimizer: str,
+        lr: float,
+        momentum: float = 0.9,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+    ):
+        self.params = [[W.copy(), b.copy()] for W, b in params]
+        self.optimizer, self.lr, self.momentum = optimizer, lr, momentum
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.t = 0
+        self.m = [[np.zeros_like(p) for p in pair] for pair in self.params]
+        self.v = [[np.zeros_like(p) for p in pair] for pair in self.params]
+
+    def forward(self, x):
+        """Activations of every layer, input first; the last entry is the logits."""
+        acts = [x]
+        last = len(self.params) - 1
+        for k, (W, b) in enumerate(self.params):
+            z = acts[-1] @ W.T + b
+            acts.append(np.maximum(z, 0) if k < last else z)
+        return acts
+
+    @staticmethod
+    def log_softmax(logits):
+        z = logits - logits.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    def loss(self, x, y) -> float:
+        logp = self.log_softmax(self.forward(x)[-1])
+        return float(-logp[np.arange(len(y)), y].mean())
+
+    def train_step(self, x, y) -> float:
+        """One optimizer step on the batch (x, y); returns the batch's mean loss."""
+        n = len(y)
+        rows = np.arange(n)
+        acts = self.forward(x)
+        logp = self.log_softmax(acts[-1])
+        loss = -logp[rows, y].mean()
+        dz = np.exp(logp)  # d(mean CE)/d(logits) = (softmax - onehot) / n
+        dz[rows, y] -= 1
+        dz /= n
+        grads = [None] * len(self.params)
+        for k in range(len(self.params) - 1, -1, -1):
+            W = self.params[k][0]
+            grads[k] = (dz.T @ acts[k], dz.sum(axis=0))
+            if k > 0:
+                dz = (dz @ W) * (acts[k] > 0)
+        self.update(grads)
+        return float(loss)
+
+    def update(self, grads):
+        """Apply SGD with momentum or Adam in place."""
+        if self.optimizer == "sgd":
+            for pair, bufs, gpair in zip(self.params, self.m, grads):
+                for p, buf, g in zip(pair, bufs, gpair):
+                    buf *= self.momentum  # buffers start at 0, so step 1 gives buf = g
+                    buf += g
+                    p -= self.lr * buf
+            return
+        self.t += 1
+        c1 = 1 - self.beta1**self.t
+        c2 = 1 - self.beta2**self.t
+        for pair, ms, vs, gpair in zip(self.params, self.m, self.v, grads):
+            for p, m, v, g in zip(pair, ms, vs, gpair):
+                m *= self.beta1
+                m += (1 - self.beta1) * g
+                v *= self.beta2
+                v += (1 - self.beta2) * g * g
+                p -= self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
+
+
+# ------------------------------------------------------------------------ adapters
+class Peer:
+    """Adapter base: ``setup(optimizer_name, dtype)``, ``train(X, y, batch_size)``,
+    ``loss(X, y)``. ``key`` is the command-line name, ``label`` the table name."""
+
+    key = label = "?"
+
+    def __init__(self, widths, seed: int = 0):
+        self.widths, self.seed = list(widths), seed
+        self.epoch = 0
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """None if the framework can run here, else why not."""
+        return None
+
+    def supports(self, batch_size: int, n_samples: int) -> bool:
+        return True
+
+    def info(self) -> dict:
+        """Facts about this run worth recording (engine, threads, ...)."""
+        return {}
+
+    def setup(self, optimizer_name: str, dtype) -> None:
+        """A fresh model (from ``init_params``) and optimizer; restarts the epoch count,
+        so every peer then sees the same sequence of shuffles."""
+        self.epoch = 0
+        self.build(optimizer_name, dtype)
+
+    def build(self, optimizer_name: str, dtype) -> None:
+        raise NotImplementedError
+
+    def train(self, X, y, batch_size: int) -> None:
+        """One epoch over (X, y) in shuffled batches of ``batch_size``."""
+        raise NotImplementedError
+
+    def loss(self, X, y) -> float:
+        """Mean cross-entropy of the current model on (X, y)."""
+        raise NotImplementedError
+
+    def _order(self, n: int):
+        """The next epoch's shuffle: the permutation gpunet's ``fit(seed=epoch)`` uses."""
+        self.epoch += 1
+        return np.random.default_rng(self.epoch).permutation(n)
+
+
+class GpunetPeer(Peer):
+    """gpunet's ``Trainer.fit`` (engine "auto"), one epoch per call."""
+
+    key, label = "gpunet", "gpunet"
+
+    def __init__(self, widths, seed: int = 0, flush_denormals: bool = True):
+        super().__init__(widths, seed)
+        self.flush_denormals = flush_denormals
+        if not flush_denormals:
+            self.key, self.label = "gpunet-noflush", "gpunet (flush_denormals=False)"
+
+    def build(self, optimizer_name, dtype):
+        import gpunet  # noqa: PLC0415
+        from gpunet import nn, optim  # noqa: PLC0415
+        from gpunet.train import Trainer  # noqa: PLC0415
+
+        gpunet.manual_seed(self.seed)
+        last = len(self.widths) - 2
+        layers = [
+            nn.Dense(i, o, "relu" if k < last else "linear", dtype=dtype)
+            for k, (i, o) in enumerate(zip(self.widths[:-1], self.widths[1:]))
+        ]
+        for layer, (W, b) in zip(layers, init_params(self.widths, self.seed, dtype)):
+            layer.weight.data[...] = W
+            layer.bias.data[...] = b
+        self.model = nn.Sequential(*layers)
+        hyper = OPTIMIZERS[optimizer_name]
+        if optimizer_name == "sgd":
+            opt = optim.SGD(self.model.parameters(), **hyper)
+        else:
+            opt = optim.Adam(self.model.parameters(), **hyper)
+        self.trainer = Trainer(
+            self.model,
+            nn.CrossEntropyLoss(),
+            opt,
+            progress=False,
+            verbose=0,
+            engine="auto",
+            flush_denormals=self.flush_denormals,
+        )
+
+    def train(self, X, y, batch_size):
+        self.epoch += 1
+        self.trainer.fit(X, y, epochs=1, batch_size=batch_size, shuffle=True, seed=self.epoch)
+
+    def loss(self, X, y):
+        return float(self.trainer.evaluate(X, y)["loss"])
+
+    def info(self):
+        import numba  # noqa: PLC0415
+
+        trainer = getattr(self, "trainer", None)
+        return {
+            "engine": trainer and trainer.engine_name,
+            "flush_denormals": self.flush_denormals,
+            "numba_threads": numba.get_num_threads(),
+        }
+
+
+class TorchPeer(Peer):
+    """PyTorch CPU: the standard ``zero_grad / cross_entropy / backward / step`` loop."""
+
+    key, label = "torch", "PyTorch"
+
+    def __init__(self, widths, seed: int = 0, threads: int = 2):
+        super().__init__(widths, seed)
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(threads)
+
+    @staticmethod
+    def unavailable():
+        try:
+            import torch  # noqa: F401, PLC0415
+        except ImportError:
+            return "torch is not installed"
+        return None
+
+    def build(self, optimizer_name, dtype):
+        import torch  # noqa: PLC0415
+
+        self.torch = torch
+        self.dtype = dtype
+        modules = []
+        params = init_params(self.widths, self.seed, dtype)
+        for k, (W, b) in enumerate(params):
+            linear = torch.nn.Linear(W.shape[1], W.shape[0], dtype=torch.from_numpy(W).dtype)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(W))
+                linear.bias.copy_(torch.from_numpy(b))
+            modules.append(linear)
+            if k < len(params) - 1:
+                modules.append(torch.nn.ReLU())
+        self.model = torch.nn.Sequential(*modules)
+        hyper = OPTIMIZERS[optimizer_name]
+        if optimizer_name == "sgd":
+            self.opt = torch.optim.SGD(self.model.parameters(), **hyper)
+        else:
+            self.opt = torch.optim.Adam(self.model.parameters(), **hyper)
+
+    def train(self, X, y, batch_size):
+        F = self.torch.nn.functional
+        X, y = self.torch.from_numpy(X), self.torch.from_numpy(y)  # no copy
+        order = self.torch.from_numpy(self._order(len(y)))
+        Xs, ys = X[order], y[order]
+        for start in range(0, len(ys), batch_size):
+            xb, yb = Xs[start : start + batch_size], ys[start : start + batch_size]
+            self.opt.zero_grad()
+            loss = F.cross_entropy(self.model(xb), yb)
+            loss.backward()
+            self.opt.step()
+
+    def loss(self, X, y):
+        torch = self.torch
+        with torch.no_grad():
+            logits = self.model(torch.from_numpy(X))
+            return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y)))
+
+    def info(self):
+        import torch  # noqa: PLC0415
+
+        return {"torch_threads": torch.get_num_threads()}
+
+
+class NumpyPeer(Peer):
+    """The plain NumPy MLP of this module (``NumpyMLP``)."""
+
+    key, label = "numpy", "NumPy"
+
+    def build(self, optimizer_name, dtype):
+        self.net = NumpyMLP(
+            init_params(self.widths, self.seed, dtype), optimizer_name, **OPTIMIZERS[optimizer_name]
+        )
+
+    def train(self, X, y, batch_size):
+        order = self._order(len(y))
+        Xs, ys = X[order], y[order]
+        for start in range(0, len(ys), batch_size):
+            self.net.train_step(Xs[start : start + batch_size], ys[start : start + batch_size])
+
+    def loss(self, X, y):
+        return self.net.loss(X, y)
+
+
+class SklearnPeer(Peer):
+    """scikit-learn ``MLPClassifier.partial_fit`` (one pass over the data per call, its
+    own shuffling and Glorot init, no L2 penalty). Mini-batch sizes only: 1 < batch < N."""
+
+    key, label = "sklearn", "scikit-learn"
+
+    @staticmethod
+    def unavailable():
+        try:
+            import sklearn  # noqa: F401, PLC0415
+        except ImportError:
+            return "scikit-learn is not installed"
+        return None
+
+    def supports(self, batch_size, n_samples):
+        return 1 < batch_size < n_samples
+
+    def build(self, optimizer_name, dtype):
+        from sklearn.neural_network import MLPClassifier  # noqa: PLC0415
+
+        hyper = OPTIMIZERS[optimizer_name]
+        extra = (
+            {"momentum": hyper["momentum"], "nesterovs_momentum": False}
+            if optimizer_name == "sgd"
+            else {"beta_1": hyper["betas"][0], "beta_2": hyper["betas"][1], "epsilon": hyper["eps"]}
+        )
+        self.model = MLPClassifier(
+            hidden_layer_sizes=tuple(self.widths[1:-1]),
+            activation="relu",
+            solver=optimizer_name,
+            alpha=0.0,
+            learning_rate_init=hyper["lr"],
+            shuffle=True,
+            random_state=self.seed,
+            **extra,
+        )
+
+    def train(self, X, y, batch_size):
+        self.model.set_params(batch_size=batch_size)
+        self.model.partial_fit(X, y, classes=np.arange(self.widths[-1]))
+
+    def loss(self, X, y):
+        proba = self.model.predict_proba(X)
+        return float(-np.log(np.maximum(proba[np.arange(len(y)), y], 1e-30)).mean())
+
+
+PEERS = {cls.key: cls for cls in (GpunetPeer, TorchPeer, NumpyPeer, SklearnPeer)}

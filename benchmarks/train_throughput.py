@@ -1,0 +1,507 @@
+#!/usr/bin/env python
+"""Training throughput on the CPU: gpunet vs PyTorch vs plain NumPy (vs scikit-learn).
+
+    python benchmarks/train_throughput.py            # the full benchmark (~10-20 min)
+    python benchmarks/train_throughput.py --quick    # smoke test (< 30 s)
+
+Measures samples/s of one training epoch of the 784-512-512-10 ReLU network with softmax
+cross-entropy on MNIST-shaped float32 data, for each optimizer (SGD with momentum, Adam),
+batch size and framework, all in the same process and run; plus gpunet with
+``flush_denormals=False`` vs ``True`` at small batch sizes. Reports GFLOP/s against an
+sgemm (``np.matmul``) rate measured in the same run, and writes ``<out>.json`` and
+``<out>.md``. See benchmarks/README.md for how to read the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` as a package
+from benchmarks import peers  # noqa: E402
+
+DEFAULT_WIDTHS = (784, 512, 512, 10)
+BATCH_SIZES = ("1", "8", "32", "128", "512", "4096", "full")
+MIN_STEPS = 5  # a timed slice has at least this many optimizer steps (when the data allows)
+
+
+# ------------------------------------------------------------------------------ data
+def make_data(n: int, n_features: int, n_classes: int, kind: str, seed: int = 0):
+    """Synthetic MNIST-shaped data: X float32 (n, n_features) in [0, 1), y int64.
+
+    ``mnist-like``: each pixel of a 28x28 image is "ink" with a probability that falls
+    from 0.7 at the centre to ~0.004 in the corners (a Gaussian bump, sigma 6 px), ~81%
+    zeros overall as in MNIST; ink values are U(0, 1). ``uniform``: dense U(0, 1).
+    """
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, n_features), dtype=np.float32)
+    if kind == "mnist-like":
+        side = int(round(np.sqrt(n_features)))
+        c = np.arange(side) - (side - 1) / 2
+        p_ink = 0.7 * np.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * 6.0**2))
+        p_ink = np.resize(p_ink.ravel(), n_features).astype(np.float32)
+        X *= rng.random((n, n_features), dtype=np.float32) < p_ink
+    y = rng.integers(0, n_classes, n, dtype=np.int64)
+    return X, y
+
+
+def flops_per_sample(widths) -> dict:
+    """Matmul FLOPs of one training step, per sample: forward 2*in*out per layer, weight
+    gradient 2*in*out per layer, input gradient 2*in*out for every layer but the first
+    (nobody needs dL/dX). Bias, activation, loss and optimizer work are left out."""
+    macs = [i * o for i, o in zip(widths[:-1], widths[1:])]
+    forward, grad_w, grad_x = 2 * sum(macs), 2 * sum(macs), 2 * sum(macs[1:])
+    return {
+        "forward": forward,
+        "grad_w": grad_w,
+        "grad_x": grad_x,
+        "total": forward + grad_w + grad_x,
+    }
+
+
+def matmul_rate(widths, repeats: int, m: int = 4096) -> dict:
+    """GFLOP/s of float32 ``np.matmul`` (m x in) @ (in x out) for the first two layers'
+    shapes, median of ``repeats`` after one warm-up; ``peak`` is the better of the two."""
+    rng = np.random.default_rng(1)
+    rates = {}
+    for k_in, n_out in list(zip(widths[:-1], widths[1:]))[:2]:
+        A = rng.random((m, k_in), dtype=np.float32)
+        B = rng.random((k_in, n_out), dtype=np.float32)
+        C = np.empty((m, n_out), np.float32)
+        np.matmul(A, B, out=C)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            np.matmul(A, B, out=C)
+            times.append(time.perf_counter() - t0)
+        flop = 2 * m * k_in * n_out
+        rates[f"{m}x{k_in} @ {k_in}x{n_out}"] = flop / statistics.median(times) / 1e9
+    return {"gflops": rates, "peak": max(rates.values())}
+
+
+# ---------------------------------------------------------------------------- timing
+def time_train(peer, X, y, batch_size: int) -> float:
+    """Seconds for one ``peer.train`` call (one epoch over X, y)."""
+    t0 = time.perf_counter()
+    peer.train(X, y, batch_size)
+    return time.perf_counter() - t0
+
+
+def choose_slice(row_peers, X, y, batch_size: int, target_s: float) -> int:
+    """Warm every peer up, then pick how many samples one timed repeat uses.
+
+    Full batch: all samples (one step). Otherwise each peer trains on growing probes
+    until one takes >= target_s / 8, which gives its rate; the slice is sized so the
+    slowest peer needs about ``target_s`` per repeat, or more where that would leave
+    the fastest with less than ``target_s / 4`` (but at most ``4 * target_s`` for the
+    slowest); a whole number of batches, at least ``MIN_STEPS`` steps, at most the
+    whole epoch."""
+    n = len(y)
+    warm = min(n, 2 * batch_size)
+    for peer in row_peers:
+        peer.train(X[:warm], y[:warm], batch_size)  # compiles / allocates, untimed
+    if batch_size >= n:
+        return n
+    cap = n // batch_size * batch_size
+    rates = []
+    for peer in row_peers:
+        k = warm
+        while True:
+            seconds = time_train(peer, X[:k], y[:k], batch_size)
+            if seconds >= target_s / 8 or k >= cap:
+                break
+            k = min(cap, k * 4)
+        rates.append(k / seconds)
+    slowest, fastest = min(rates), max(rates)
+    wanted = int(min(max(slowest * target_s, fastest * target_s / 4), slowest * target_s * 4))
+    return min(cap, max(wanted // batch_size * batch_size, MIN_STEPS * batch_size))
+
+
+def summarize(times, n_samples: int) -> dict:
+    """samples/s median, min and max over the repeats' seconds (kept too)."""
+    rates = sorted(n_samples / t for t in times)
+    return {
+        "samples_per_s": statistics.median(rates),
+        "min": rates[0],
+        "max": rates[-1],
+        "seconds": times,
+    }
+
+
+def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eval):
+    """Set up, warm up and time every peer for one (optimizer, batch size)."""
+    for peer in row_peers:
+        peer.setup(optimizer, np.float32)
+    n_slice = choose_slice(row_peers, X, y, batch_size, args.target_seconds)
+    for peer in row_peers:  # restart from the same weights: the same updates for all
+        peer.setup(optimizer, np.float32)
+        if batch_size < len(y):  # a full-batch step is too costly to repeat untimed
+            peer.train(X[: 2 * batch_size], y[: 2 * batch_size], batch_size)
+    times = {peer.key: [] for peer in row_peers}
+    for _ in range(args.repeats):  # round-robin, so drifting load hits all peers alike
+        for peer in row_peers:
+            times[peer.key].append(time_train(peer, X[:n_slice], y[:n_slice], batch_size))
+    results = []
+    for peer in row_peers:
+        r = summarize(times[peer.key], n_slice)
+        r.update(
+            framework=peer.key,
+            label=peer.label,
+            optimizer=optimizer,
+            batch_size=batch_size,
+            full_batch=batch_size >= len(y),
+            slice_samples=n_slice,
+            steps=-(-n_slice // batch_size),
+            gflops=r["samples_per_s"] * flops / 1e9,
+            loss_after=peer.loss(X_eval, y_eval),
+            **peer.info(),
+        )
+        results.append(r)
+        print(
+            f"  {optimizer:4s} batch {batch_label(r):>12s}  {peer.label:31s}"
+            f"{r['samples_per_s']:12,.0f} samples/s  ({n_slice} samples x {args.repeats})",
+            file=sys.stderr,
+            flush=True,
+        )
+    torch_rate = next((r["samples_per_s"] for r in results if r["framework"] == "torch"), None)
+    for r in results:
+        r["ratio_vs_torch"] = r["samples_per_s"] / torch_rate if torch_rate else None
+    return results
+
+
+# --------------------------------------------------------------------------- machine
+def machine_info() -> dict:
+    """CPU, cores, library versions, BLAS and thread settings, date, load."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for name in ("numba", "torch", "sklearn", "gpunet"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    try:
+        from threadpoolctl import threadpool_info  # noqa: PLC0415
+
+        blas = [
+            {
+                k: d.get(k)
+                for k in (
+                    "internal_api",
+                    "version",
+                    "num_threads",
+                    "threading_layer",
+                    "architecture",
+                    "prefix",
+                )
+            }
+            for d in threadpool_info()
+        ]
+    except ImportError:
+        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas")
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "versions": versions,
+        "blas": blas,
+        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def subnormals_work() -> bool:
+    """True if this thread still computes with subnormal floats (no FTZ/DAZ left on)."""
+    tiny = np.array([1e-40], np.float32)
+    return bool((tiny * np.float32(1.0))[0] != 0)
+
+
+# --------------------------------------------------------------------------- reports
+def batch_label(r) -> str:
+    return f"full ({r['batch_size']})" if r["full_batch"] else str(r["batch_size"])
+
+
+def fmt_load(load) -> str:
+    return "n/a" if load is None else " ".join(f"{v:.2f}" for v in load)
+
+
+def fmt_rate(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def markdown(report: dict) -> str:
+    """The Markdown report: summary, details, denormal rows, machine."""
+    meta, rows = report["meta"], report["results"]
+    main = [r for r in rows if r["framework"] != "gpunet-noflush"]
+    labels = list(dict.fromkeys(r["label"] for r in main))
+    keys = list(dict.fromkeys((r["optimizer"], r["batch_size"]) for r in main))
+    fl = meta["flops_per_sample"]
+    out = [
+        f"# Training throughput, CPU — {meta['machine']['cpu']} "
+        f"({meta['machine']['cpu_count']} cores), {meta['machine']['date']}",
+        "",
+        f"Network {'-'.join(map(str, meta['widths']))} ReLU, softmax cross-entropy, float32, "
+        f"{meta['samples']:,} {meta['data']} samples. SGD: lr 0.01, momentum 0.9; "
+        "Adam: lr 1e-3.",
+        f"Matmul FLOPs per sample per step: {fl['total'] / 1e6:.3f} M (forward "
+        f"{fl['forward'] / 1e6:.3f} M, dW {fl['grad_w'] / 1e6:.3f} M, dX "
+        f"{fl['grad_x'] / 1e6:.3f} M); one epoch = {meta['epoch_gflop']:.1f} GFLOP.",
+        f"Parameters: {meta['params']:,} ({meta['params'] * 4 / 1e6:.2f} MB); every step "
+        "reads and writes them, their gradients and the optimizer state (momentum: 1, "
+        "Adam: 2 buffers), which bounds small-batch rates more than FLOPs do.",
+        f"Measured sgemm (np.matmul float32, median of {meta['matmul']['repeats']}): "
+        + ", ".join(f"{k}: {v:.1f}" for k, v in meta["matmul"]["gflops"].items())
+        + f" GFLOP/s; end of run: {meta['matmul_end']['peak']:.1f} GFLOP/s. "
+        f"Peak reference: {meta['peak_gflops']:.1f} GFLOP/s.",
+        "",
+        f"samples/s = samples of a slice of the epoch / seconds (median of "
+        f"{meta['repeats']} repeats after warm-up), an estimate of one full epoch's "
+        "throughput; slices are the same for all frameworks of a row.",
+        "",
+        "## Summary (samples/s, median)",
+        "",
+        "| optimizer | batch | slice | " + " | ".join(labels) + " | gpunet / PyTorch |",
+        "|---|---|---|" + "---|" * len(labels) + "---|",
+    ]
+    for opt, bs in keys:
+        group = {r["label"]: r for r in main if (r["optimizer"], r["batch_size"]) == (opt, bs)}
+        first = next(iter(group.values()))
+        cells = [fmt_rate(group[k]["samples_per_s"]) if k in group else "—" for k in labels]
+        ratio = group.get("gpunet", {}).get("ratio_vs_torch")
+        out.append(
+            f"| {opt} | {batch_label(first)} | {first['slice_samples']:,} | "
+            + " | ".join(cells)
+            + f" | {f'{ratio:.2f}x' if ratio else '—'} |"
+        )
+    out += [
+        "",
+        "## Details",
+        "",
+        "| optimizer | batch | framework | samples/s median [min–max] | GFLOP/s | "
+        "% of matmul peak | ÷ PyTorch | s/repeat | loss after |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name = r["label"] + (f" [{r['engine']}]" if r.get("engine") else "")
+        ratio = f"{r['ratio_vs_torch']:.2f}x" if r["ratio_vs_torch"] else "—"
+        out.append(
+            f"| {r['optimizer']} | {batch_label(r)} | {name} | {fmt_rate(r['samples_per_s'])} "
+            f"[{fmt_rate(r['min'])}–{fmt_rate(r['max'])}] | {r['gflops']:.1f} | "
+            f"{r['pct_peak']:.1f}% | {ratio} | {statistics.median(r['seconds']):.2f} | "
+            f"{r['loss_after']:.4f} |"
+        )
+    denormal = [r for r in rows if r["framework"] == "gpunet-noflush"]
+    if denormal:
+        out += [
+            "",
+            "## Denormal flushing (gpunet)",
+            "",
+            "| optimizer | batch | flush_denormals=True | flush_denormals=False | True / False |",
+            "|---|---|---|---|---|",
+        ]
+        for r in denormal:
+            on = next(
+                (
+                    q
+                    for q in rows
+                    if q["framework"] == "gpunet"
+                    and (q["optimizer"], q["batch_size"]) == (r["optimizer"], r["batch_size"])
+                ),
+                None,
+            )
+            if on:
+                out.append(
+                    f"| {r['optimizer']} | {batch_label(r)} | "
+                    f"{fmt_rate(on['samples_per_s'])} | {fmt_rate(r['samples_per_s'])} | "
+                    f"{on['samples_per_s'] / r['samples_per_s']:.2f}x |"
+                )
+    m = meta["machine"]
+    blas = ", ".join(
+        f"{b.get('internal_api')} {b.get('version') or b.get('prefix')} ({b.get('num_threads')} "
+        f"threads, {b.get('architecture')})"
+        for b in m["blas"] or []
+        if isinstance(b, dict) and b.get("internal_api")
+    )
+    out += [
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}; os.cpu_count() = {m['cpu_count']}, usable {m['cpus_usable']}",
+        f"- host {m['hostname']}, {m['platform']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
+        f"- BLAS / OpenMP: {blas or m['blas']}",
+        f"- threads: {meta['threads']}",
+        f"- load average (1, 5, 15 min) at start {fmt_load(m['loadavg_start'])}, "
+        f"at end {fmt_load(m.get('loadavg_end'))}",
+        f"- subnormal floats still work on the main thread after the run: "
+        f"{meta['subnormals_work_after_run']}",
+    ]
+    if meta["skipped"]:
+        out.append("- skipped: " + "; ".join(meta["skipped"]))
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------- CLI
+def parse_args(argv=None):
+    host = socket.gethostname().split(".")[0]
+    today = datetime.date.today().isoformat()
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        default=list(BATCH_SIZES),
+        help="positive ints or 'full' (the whole epoch in one batch)",
+    )
+    p.add_argument(
+        "--optimizers", nargs="+", default=list(peers.OPTIMIZERS), choices=list(peers.OPTIMIZERS)
+    )
+    p.add_argument(
+        "--frameworks",
+        nargs="+",
+        default=list(peers.PEERS),
+        choices=list(peers.PEERS),
+        help="missing optional ones are skipped",
+    )
+    p.add_argument(
+        "--denormal-batch-sizes",
+        nargs="*",
+        type=int,
+        default=[1, 8],
+        help="SGD batch sizes where gpunet also runs with flush_denormals=False",
+    )
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--target-seconds",
+        type=float,
+        default=2.0,
+        help="about how long one timed repeat of the slowest framework takes",
+    )
+    p.add_argument("--samples", type=int, default=60000)
+    p.add_argument("--widths", nargs="+", type=int, default=list(DEFAULT_WIDTHS))
+    p.add_argument("--data", choices=("mnist-like", "uniform"), default="mnist-like")
+    p.add_argument("--torch-threads", type=int, default=2)
+    p.add_argument("--matmul-repeats", type=int, default=10)
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"output path without suffix [benchmarks/results/cpu-{host}-{today}]",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 512 samples, batch 1, 32, full, 2 repeats, short slices",
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.samples, args.batch_sizes, args.repeats = 512, ["1", "32", "full"], 2
+        args.target_seconds, args.matmul_repeats, args.denormal_batch_sizes = 0.05, 3, [1]
+    for b in args.batch_sizes:
+        if b != "full" and not (b.isdigit() and int(b) > 0):
+            p.error(f"--batch-sizes: {b!r} is neither a positive int nor 'full'")
+    if args.out is None:
+        args.out = f"benchmarks/results/{'quick-' if args.quick else ''}cpu-{host}-{today}"
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    widths = args.widths
+    started = time.perf_counter()
+    meta = {
+        "machine": machine_info(),
+        "widths": widths,
+        "samples": args.samples,
+        "data": args.data,
+        "repeats": args.repeats,
+        "target_seconds": args.target_seconds,
+        "optimizers": {k: peers.OPTIMIZERS[k] for k in args.optimizers},
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "skipped": [],
+    }
+    fl = flops_per_sample(widths)
+    meta["flops_per_sample"] = fl
+    meta["epoch_gflop"] = fl["total"] * args.samples / 1e9
+    meta["params"] = sum((i + 1) * o for i, o in zip(widths[:-1], widths[1:]))
+    print(
+        f"FLOPs per sample per step: {fl['total']:,} (forward {fl['forward']:,} + dW "
+        f"{fl['grad_w']:,} + dX {fl['grad_x']:,}); one epoch of {args.samples:,} samples = "
+        f"{meta['epoch_gflop']:.1f} GFLOP",
+        file=sys.stderr,
+    )
+
+    peer_list = []
+    for key in args.frameworks:
+        reason = peers.PEERS[key].unavailable()
+        if reason:
+            meta["skipped"].append(f"{key}: {reason}")
+            continue
+        kwargs = {"threads": args.torch_threads} if key == "torch" else {}
+        peer_list.append(peers.PEERS[key](widths, seed=0, **kwargs))
+    noflush = (
+        peers.GpunetPeer(widths, seed=0, flush_denormals=False)
+        if "gpunet" in args.frameworks
+        else None
+    )
+
+    X, y = make_data(args.samples, widths[0], widths[-1], args.data)
+    X_eval, y_eval = make_data(1000, widths[0], widths[-1], args.data, seed=1)
+    meta["matmul"] = {**matmul_rate(widths, args.matmul_repeats), "repeats": args.matmul_repeats}
+    print(f"sgemm: {meta['matmul']['peak']:.1f} GFLOP/s", file=sys.stderr)
+
+    rows = []
+    for opt in args.optimizers:
+        for b in args.batch_sizes:
+            bs = args.samples if b == "full" else min(int(b), args.samples)
+            row_peers = [q for q in peer_list if q.supports(bs, args.samples)]
+            if noflush and opt == "sgd" and bs in args.denormal_batch_sizes:
+                row_peers.append(noflush)
+            rows += bench_row(row_peers, opt, X, y, bs, args, fl["total"], X_eval, y_eval)
+
+    meta["matmul_end"] = matmul_rate(widths, args.matmul_repeats)
+    meta["peak_gflops"] = max(meta["matmul"]["peak"], meta["matmul_end"]["peak"])
+    for r in rows:  # against the better of the start and end measurements
+        r["pct_peak"] = 100 * r["gflops"] / meta["peak_gflops"]
+    meta["threads"] = {
+        k: v
+        for q in [*peer_list, noflush]
+        if q
+        for k, v in q.info().items()
+        if k.endswith("threads")
+    }
+    meta["machine"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    meta["subnormals_work_after_run"] = subnormals_work()
+    meta["wall_seconds"] = time.perf_counter() - started
+    report = {"meta": meta, "results": rows}
+
+    json_path, md_path = Path(args.out + ".json"), Path(args.out + ".md")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    text = markdown(report)
+    md_path.write_text(text)
+    print(text)
+    print(f"wrote {json_path} and {md_path} ({meta['wall_seconds']:.0f} s)", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()

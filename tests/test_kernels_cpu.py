@@ -1,0 +1,533 @@
+"""Numba CPU kernels (gpunet.kernels.cpu) against the float64 oracles in tests/oracles.py.
+
+Tolerances: float64 rtol 1e-12, float32 rtol 1e-5; both with an absolute term scaled
+by the magnitude of what was summed (``|x| @ |W.T|`` etc.), so cancellation in sums
+does not make a correct kernel fail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from gpunet.kernels.cpu import (
+    UPDATE_KERNELS,
+    adagrad_,
+    adam_,
+    dense_backward,
+    dense_forward,
+    flush_denormals,
+    fused_update,
+    get_flush_denormals,
+    get_mxcsr,
+    mxcsr_supported,
+    rmsprop_,
+    set_flush_denormals,
+    sgd_,
+    softmax_cross_entropy,
+)
+from tests import oracles
+
+ACTS = ["linear", "relu", "leaky_relu", "sigmoid", "tanh", "gelu"]
+DTYPES = [np.float32, np.float64]
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+# (N, in, out): batch 1, width 1, sizes that are multiples of nothing
+DENSE_SHAPES = [(1, 1, 1), (1, 7, 3), (7, 13, 5), (5, 1, 9), (16, 33, 1), (3, 64, 17)]
+
+
+def assert_close(actual, expected, rtol, scale=0.0):
+    """``|actual - expected| <= rtol * (|expected| + scale)`` elementwise."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape
+    bound = rtol * (np.abs(expected) + scale)
+    err = np.abs(actual - expected)
+    bad = ~(err <= bound)
+    assert not bad.any(), (
+        f"{bad.sum()} of {bad.size} elements off; worst err {err.max():.3g}, "
+        f"bound there {bound.flat[np.argmax(err - bound)]:.3g}"
+    )
+
+
+def _seed(*parts) -> int:
+    """A deterministic seed (``hash`` of a str changes between processes)."""
+    return zlib.crc32(repr(parts).encode())
+
+
+def _dense_inputs(shape, dtype, seed):
+    n, k, m = shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, k)).astype(dtype)
+    W = (3.0 * rng.standard_normal((m, k)) / np.sqrt(k)).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype)
+    dy = rng.standard_normal((n, m)).astype(dtype)
+    return x, W, b, dy
+
+
+# ------------------------------------------------------------------- dense
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_dense_forward(shape, act, dtype, bias):
+    x, W, b, _ = _dense_inputs(shape, dtype, seed=_seed(shape, act, bias))
+    b = b if bias else None
+    x0, W0 = x.copy(), W.copy()
+    y, saved = dense_forward(x, W, b, act)
+    y_ref, z_ref = oracles.dense_forward(x, W, b, act)
+    assert y.dtype == dtype and saved.dtype == dtype and y.shape == y_ref.shape
+    scale = np.abs(x.astype(np.float64)) @ np.abs(W.astype(np.float64)).T
+    if b is not None:
+        scale = scale + np.abs(b.astype(np.float64))
+    rtol = RTOL[dtype]
+    assert_close(y, y_ref, rtol, 1.2 * scale)
+    if act == "gelu":
+        assert saved is not y
+        assert_close(saved, z_ref, rtol, scale)
+    else:
+        assert saved is y
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(W, W0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_dense_backward(shape, act, dtype):
+    x, W, b, dy = _dense_inputs(shape, dtype, seed=_seed(shape, act, 1))
+    y_ref, z_ref = oracles.dense_forward(x, W, b, act)
+    saved = (z_ref if act == "gelu" else y_ref).astype(dtype)
+    dy0 = dy.copy()
+    dx, dW, db = dense_backward(dy, x, W, saved, act)
+    dx_ref, dW_ref, db_ref = oracles.dense_backward(dy, x, W, z_ref, act)
+    for got in (dx, dW, db):
+        assert got.dtype == dtype
+    ady = 1.2 * np.abs(dy.astype(np.float64))  # |f'| <= 1.13 for every activation
+    rtol = RTOL[dtype]
+    assert_close(db, db_ref, rtol, ady.sum(axis=0))
+    assert_close(dW, dW_ref, rtol, ady.T @ np.abs(x.astype(np.float64)))
+    assert_close(dx, dx_ref, rtol, ady @ np.abs(W.astype(np.float64)))
+    np.testing.assert_array_equal(dy, dy0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_dense_backward_no_dx_and_roundtrip(dtype):
+    """need_dx=False gives dx None; saved from the kernel's own forward works (GELU)."""
+    x, W, b, dy = _dense_inputs((9, 11, 6), dtype, seed=7)
+    for act in ACTS:
+        y, saved = dense_forward(x, W, b, act)
+        dx, dW, db = dense_backward(dy, x, W, saved, act, need_dx=False)
+        assert dx is None
+        _, z_ref = oracles.dense_forward(x, W, b, act)
+        _, dW_ref, db_ref = oracles.dense_backward(dy, x, W, z_ref, act)
+        ady = 1.2 * np.abs(dy.astype(np.float64))
+        scale = np.abs(x.astype(np.float64)) @ np.abs(W.astype(np.float64)).T + 1.0
+        # saved was rounded to dtype: allow its error through f'' <= 1
+        rtol = 10 * RTOL[dtype]
+        assert_close(db, db_ref, rtol, ady.sum(axis=0) * scale.max())
+        assert_close(dW, dW_ref, rtol, (ady.T @ np.abs(x.astype(np.float64))) * scale.max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("act", ACTS)
+def test_activation_accuracy_wide_range(act, dtype):
+    """y = f(z) elementwise over [-40, 40] and extremes (W = [[1]], so z = x exactly),
+    relative to the oracle; and f' recovered from ``saved`` through dx (dy = 1)."""
+    z = np.concatenate(
+        [
+            np.linspace(-40, 40, 4001),
+            [
+                -1e30,
+                -700,
+                -100,
+                -88,
+                -87.5,
+                -20,
+                -1e-5,
+                -1e-30,
+                -0.0,
+                0.0,
+                1e-30,
+                1e-5,
+                20,
+                87.5,
+                88,
+                100,
+                700,
+                1e30,
+            ],
+        ]
+    ).astype(dtype)[:, None]
+    one = np.ones((1, 1), dtype)
+    y, saved = dense_forward(z, one, None, act)
+    tiny = np.finfo(dtype).tiny
+    rtol = {np.float32: 5e-5, np.float64: 1e-12}[dtype]  # float32 tails: (z/sqrt2)**2 rounds
+    assert_close(y, oracles.activation(z, act), rtol, 16 * tiny / rtol)
+    dx, _, _ = dense_backward(np.ones_like(y), z, one, saved, act)
+    eps = np.finfo(dtype).eps  # f' from a rounded y (sigmoid, tanh) is only abs-accurate
+    assert_close(dx, oracles.activation_derivative(z, act), rtol, 4 * eps / rtol)
+    nan = np.full((1, 1), np.nan, dtype)
+    assert np.isnan(dense_forward(nan, one, None, act)[0]).all()
+
+
+def test_dense_noncontiguous_inputs():
+    x, W, b, dy = _dense_inputs((6, 8, 5), np.float64, seed=3)
+    xt = np.asfortranarray(x)
+    dyt = np.asfortranarray(dy)
+    y, saved = dense_forward(xt, W, b, "tanh")
+    y_ref, z_ref = oracles.dense_forward(x, W, b, "tanh")
+    assert_close(y, y_ref, 1e-12, 10.0)
+    dx, dW, db = dense_backward(dyt, xt, W, saved, "tanh")
+    dx_ref, dW_ref, db_ref = oracles.dense_backward(dy, x, W, z_ref, "tanh")
+    for got, ref in ((dx, dx_ref), (dW, dW_ref), (db, db_ref)):
+        assert_close(got, ref, 1e-12, 100.0)
+
+
+# ---------------------------------------------------------- softmax cross-entropy
+SOFTMAX_SHAPES = [(1, 1), (1, 10), (7, 13), (33, 5), (4, 1000)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("grad_scale", [1.0, 0.25])
+def test_softmax_cross_entropy(shape, dtype, smoothing, grad_scale):
+    n, c = shape
+    rng = np.random.default_rng(n * 1000 + c)
+    logits = 3.0 * rng.standard_normal((n, c))
+    logits[0] += 1000.0  # stability: a row with huge logits
+    logits = logits.astype(dtype)
+    target = rng.integers(0, c, size=n)
+    logits0 = logits.copy()
+    losses, dlogits = softmax_cross_entropy(logits, target, smoothing, grad_scale)
+    l_ref, d_ref = oracles.softmax_cross_entropy(logits, target, smoothing, grad_scale)
+    assert losses.dtype == dtype and dlogits.dtype == dtype
+    assert losses.shape == (n,) and dlogits.shape == (n, c)
+    rtol = RTOL[dtype]
+    spread = np.ptp(logits.astype(np.float64), axis=1) + 1.0
+    assert_close(losses, l_ref, rtol, spread)
+    assert_close(dlogits, d_ref, rtol, 0.1 * grad_scale)
+    np.testing.assert_array_equal(logits, logits0)
+
+
+def test_softmax_cross_entropy_int32_targets_and_extremes():
+    logits = np.array([[0.0, 1e4, -1e4], [-50.0, -50.0, -50.0]], dtype=np.float32)
+    target = np.array([2, 1], dtype=np.int32)
+    losses, dlogits = softmax_cross_entropy(logits, target)
+    l_ref, d_ref = oracles.softmax_cross_entropy(logits, target)
+    assert np.all(np.isfinite(losses)) and np.all(np.isfinite(dlogits))
+    assert_close(losses, l_ref, 1e-6, 1.0)
+    assert_close(dlogits, d_ref, 1e-6, 1.0)
+
+
+# -------------------------------------------------------------------- optimizers
+def _combos(**options):
+    keys = list(options)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*options.values())]
+
+
+SGD_CASES = [
+    c
+    for c in _combos(
+        momentum=[0.0, 0.9],
+        dampening=[0.0, 0.3],
+        nesterov=[False, True],
+        weight_decay=[0.0, 0.01],
+        maximize=[False, True],
+    )
+    if not (c["momentum"] == 0 and (c["dampening"] or c["nesterov"]))
+    and not (c["nesterov"] and c["dampening"])
+]
+ADAGRAD_CASES = _combos(lr_decay=[0.0, 0.01], weight_decay=[0.0, 0.1], maximize=[False, True])
+RMSPROP_CASES = _combos(
+    centered=[False, True], momentum=[0.0, 0.9], weight_decay=[0.0, 0.05], maximize=[False, True]
+)
+ADAM_CASES = _combos(
+    amsgrad=[False, True], decoupled=[False, True], weight_decay=[0.0, 0.01], maximize=[False, True]
+)
+
+
+def _case_id(case):
+    return "-".join(f"{k[:4]}{int(v) if isinstance(v, bool) else v}" for k, v in case.items())
+
+
+class _Run:
+    """Drives one optimizer kernel and its oracle; states are arrays or None."""
+
+    def __init__(self, name, case, shape, dtype):
+        self.name = name
+        self.case = case
+        self.dtype = dtype
+        z = lambda: np.zeros(shape, dtype)  # noqa: E731
+        if name == "sgd":
+            self.state = [z() if case["momentum"] else None]
+            self.hyper = {"lr": 0.05, "dampening": 0.0, "nesterov": False, **case}
+        elif name == "adagrad":
+            self.state = [z()]
+            self.hyper = {"lr": 0.1, "eps": 1e-10, **case}
+        elif name == "rmsprop":
+            self.state = [z(), z() if case["centered"] else None, z() if case["momentum"] else None]
+            self.hyper = {"lr": 0.01, "alpha": 0.99, "eps": 1e-8, **case}
+        else:
+            self.state = [z(), z(), z() if case["amsgrad"] else None]
+            self.hyper = {"lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, **case}
+
+    def step_kwargs(self, step):
+        kw = dict(self.hyper)
+        if self.name == "sgd":
+            kw["first_step"] = step == 1
+        elif self.name in ("adagrad", "adam"):
+            kw["step"] = step
+        return kw
+
+    def kernel(self, p, g, step, **extra):
+        UPDATE_KERNELS[self.name](np, p, g, *self.state, **self.step_kwargs(step), **extra)
+
+    def oracle(self, p, g, state, step):
+        fn = getattr(oracles, self.name)
+        out = fn(p, g, *state, **self.step_kwargs(step))
+        return out[0], list(out[1:])
+
+
+def _grads(shape, steps, seed):
+    rng = np.random.default_rng(seed)
+    gs = rng.standard_normal((steps, *shape))
+    gs[rng.random(gs.shape) < 0.1] = 0.0  # some exact zeros (dead units)
+    return gs
+
+
+def _optim_trajectory(name, case, dtype, shape=(7, 13), steps=60):
+    run = _Run(name, case, shape, dtype)
+    rng = np.random.default_rng(_seed(name, _case_id(case)))
+    p = rng.standard_normal(shape).astype(dtype)
+    p_ref = p.astype(np.float64)
+    state_ref = [None if s is None else s.astype(np.float64) for s in run.state]
+    for step, g64 in enumerate(_grads(shape, steps, seed=len(name)), start=1):
+        g = np.asarray(g64, dtype=dtype)
+        g0 = g.copy()
+        if dtype == np.float64:
+            # float64: whole trajectories agree to 1e-12
+            p_ref, state_ref = run.oracle(p_ref, g, state_ref, step)
+        else:
+            # float32: each step from the kernel's own state, vs the float64 oracle
+            p_ref, state_ref = run.oracle(p, g, run.state, step)
+        run.kernel(p, g, step)
+        np.testing.assert_array_equal(g, g0)  # g is never modified
+        rtol = RTOL[dtype]
+        assert_close(p, p_ref, rtol, np.abs(p_ref).max())
+        for s, s_ref in zip(run.state, state_ref):
+            assert (s is None) == (s_ref is None)
+            if s is not None:
+                assert_close(s, s_ref, rtol, np.abs(s_ref).max() + 1e-30)
+    return p
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", SGD_CASES, ids=_case_id)
+def test_sgd(case, dtype):
+    _optim_trajectory("sgd", case, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", ADAGRAD_CASES, ids=_case_id)
+def test_adagrad(case, dtype):
+    _optim_trajectory("adagrad", case, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", RMSPROP_CASES, ids=_case_id)
+def test_rmsprop(case, dtype):
+    _optim_trajectory("rmsprop", case, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", ADAM_CASES, ids=_case_id)
+def test_adam(case, dtype):
+    _optim_trajectory("adam", case, dtype)
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (3, 4, 5)], ids=str)
+@pytest.mark.parametrize("name", list(UPDATE_KERNELS))
+def test_optim_any_shape(name, shape):
+    first = {
+        "sgd": SGD_CASES[-1],
+        "adagrad": ADAGRAD_CASES[-1],
+        "rmsprop": RMSPROP_CASES[-1],
+        "adam": ADAM_CASES[-1],
+    }[name]
+    _optim_trajectory(name, first, np.float64, shape=shape, steps=5)
+
+
+def test_fused_update_lookup():
+    assert fused_update("adam") is adam_ and fused_update("sgd") is sgd_
+    assert fused_update("rmsprop") is rmsprop_ and fused_update("adagrad") is adagrad_
+    assert fused_update("lbfgs") is None
+
+
+def test_optim_rejects_noncontiguous():
+    p = np.zeros((4, 6))[:, ::2]
+    with pytest.raises(ValueError):
+        sgd_(
+            np,
+            p,
+            np.zeros_like(p),
+            None,
+            lr=0.1,
+            momentum=0.0,
+            dampening=0.0,
+            nesterov=False,
+            weight_decay=0.0,
+            maximize=False,
+            first_step=True,
+        )
+
+
+def test_optim_matches_reference_bitwise():
+    """Same order of operations as gpunet.optim.functional: identical results."""
+    functional = pytest.importorskip("gpunet.optim.functional")
+    rng = np.random.default_rng(5)
+    for name, case in [
+        ("sgd", SGD_CASES[-1]),
+        ("adagrad", ADAGRAD_CASES[-1]),
+        ("rmsprop", RMSPROP_CASES[-1]),
+        ("adam", ADAM_CASES[-1]),
+    ]:
+        for dtype in DTYPES:
+            run = _Run(name, case, (5, 6), dtype)
+            p = rng.standard_normal((5, 6)).astype(dtype)
+            p_ref = p.copy()
+            state_ref = [None if s is None else s.copy() for s in run.state]
+            ref_fn = getattr(functional, name + "_")
+            for step in range(1, 6):
+                g = rng.standard_normal((5, 6)).astype(dtype)
+                run.kernel(p, g, step)
+                ref_fn(np, p_ref, g, *state_ref, **run.step_kwargs(step))
+                np.testing.assert_array_equal(p, p_ref, err_msg=f"{name} {dtype}")
+                for s, s_ref in zip(run.state, state_ref):
+                    if s is not None:
+                        np.testing.assert_array_equal(s, s_ref)
+
+
+# -------------------------------------------------------------------- denormals
+SUBNORMAL = {np.float32: np.float32(1e-39), np.float64: np.float64(1e-310)}
+
+
+def _subnormal_step(name, dtype, **extra):
+    # g = 0 and no weight decay: every state value just decays (or stays) subnormal
+    case = {
+        "sgd": dict(momentum=0.9, weight_decay=0.0, maximize=False),
+        "adagrad": ADAGRAD_CASES[0],
+        "rmsprop": dict(RMSPROP_CASES[-1], weight_decay=0.0),
+        "adam": dict(ADAM_CASES[-1], weight_decay=0.0),
+    }[name]
+    run = _Run(name, case, (4, 3), dtype)
+    for s in run.state:
+        if s is not None:
+            s[...] = SUBNORMAL[dtype]
+    p = np.ones((4, 3), dtype)
+    run.kernel(p, np.zeros((4, 3), dtype), 2, **extra)
+    return [s for s in run.state if s is not None]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", list(UPDATE_KERNELS))
+def test_denormal_flush(name, dtype):
+    tiny = np.finfo(dtype).tiny
+    assert get_flush_denormals() is True  # the default
+    for s in _subnormal_step(name, dtype):  # module default: on
+        assert np.all(s == 0)
+    for s in _subnormal_step(name, dtype, flush_denormals=True):
+        assert np.all(s == 0)
+    kept = _subnormal_step(name, dtype, flush_denormals=False)
+    assert any(np.all((np.abs(s) > 0) & (np.abs(s) < tiny)) for s in kept)
+    previous = set_flush_denormals(False)
+    try:
+        kept = _subnormal_step(name, dtype)
+        assert any(np.all((np.abs(s) > 0) & (np.abs(s) < tiny)) for s in kept)
+    finally:
+        set_flush_denormals(previous)
+
+
+@pytest.mark.parametrize("name", list(UPDATE_KERNELS))
+def test_denormal_flush_leaves_normal_values(name):
+    """With no subnormal values around, flushing on or off gives identical results."""
+    case = {
+        "sgd": SGD_CASES[-1],
+        "adagrad": ADAGRAD_CASES[-1],
+        "rmsprop": RMSPROP_CASES[-1],
+        "adam": ADAM_CASES[-1],
+    }[name]
+    finals = []
+    for flush in (True, False):
+        run = _Run(name, case, (5, 5), np.float32)
+        p = np.linspace(-1, 1, 25, dtype=np.float32).reshape(5, 5)
+        for step, g in enumerate(_grads((5, 5), 10, seed=1), start=1):
+            run.kernel(p, g.astype(np.float32), step, flush_denormals=flush)
+        finals.append(p)
+    np.testing.assert_array_equal(*finals)
+
+
+_needs_x86 = pytest.mark.skipif(not mxcsr_supported(), reason="MXCSR exists only on x86-64")
+
+
+@_needs_x86
+def test_mxcsr_flush_context():
+    from numba import njit
+
+    @njit(cache=False)
+    def mul(a, b):
+        return a * b
+
+    one32, one64 = np.float32(1.0), np.float64(1.0)
+    tiny32, tiny64 = SUBNORMAL[np.float32], SUBNORMAL[np.float64]
+    control = ~0x3F  # compare the control bits, not the sticky exception flags
+    before = get_mxcsr() & control
+    assert mul(tiny32, one32) != 0 and mul(tiny64, one64) != 0
+    with flush_denormals() as active:
+        assert active is True
+        assert get_mxcsr() & 0x8040 == 0x8040
+        assert mul(tiny32, one32) == 0  # DAZ/FTZ in Numba code
+        assert mul(tiny64, one64) == 0
+        assert np.multiply(tiny32, one32) == 0  # and in NumPy on this thread
+        with flush_denormals():
+            pass
+        assert get_mxcsr() & 0x8040 == 0x8040  # the inner exit restored the outer state
+    assert get_mxcsr() & control == before
+    assert mul(tiny32, one32) != 0 and mul(tiny64, one64) != 0
+    with pytest.raises(RuntimeError), flush_denormals():
+        raise RuntimeError("boom")
+    assert get_mxcsr() & control == before
+    with flush_denormals(enabled=False) as active:
+        assert active is False and get_mxcsr() & control == before
+
+
+# ---------------------------------------------------------------- import is lazy
+def test_nothing_compiles_at_import():
+    code = (
+        "import gpunet.kernels.cpu as k\n"
+        "from gpunet.kernels.cpu import dense, softmax_xent, denormals, update_rules, blas\n"
+        "from gpunet.kernels.cpu import fused_mlp\n"
+        "ds = [dense._forward_epilogue, dense._backward_epilogue,\n"
+        "      softmax_xent._softmax_xent_rows, update_rules.update_array,\n"
+        "      update_rules.coefficients, blas.matmul_nt, blas.weight_grad,\n"
+        "      fused_mlp.train_epoch, denormals._read_mxcsr, denormals._write_mxcsr]\n"
+        "assert all(not d.signatures for d in ds), [d.signatures for d in ds]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
+
+
+def test_cache_stamp_covers_the_package():
+    """Cached kernels are stamped with all of kernels/cpu (they inline sibling modules)."""
+    from gpunet.kernels import cpu
+    from gpunet.kernels.cpu import softmax_xent
+
+    assert cpu._install_package_cache_stamp() is True  # installed at import, idempotent
+    softmax_cross_entropy(np.zeros((1, 2)), np.zeros(1, np.int64))
+    locator = softmax_xent._softmax_xent_rows._cache._impl._locator
+    assert type(locator).__name__ == "PackageStampLocator"

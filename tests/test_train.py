@@ -1,0 +1,297 @@
+"""The fit loop: batch regimes, validation, History, predict/evaluate and bad input."""
+
+import math
+
+import numpy as np
+import pytest
+
+import gpunet
+import gpunet.data
+from gpunet import Tensor, nn, optim
+from gpunet.data import make_classification
+from gpunet.train import Trainer, evaluate, fit, predict
+
+
+def blobs(n=120, seed=0):
+    """Three well separated Gaussian blobs in 4-D: any regime should learn them."""
+    rng = np.random.default_rng(seed)
+    centers = np.array([[3, 0, 0, 0], [0, 3, 0, 0], [0, 0, 3, 0]], np.float32)
+    y = rng.integers(0, 3, n)
+    X = centers[y] + rng.standard_normal((n, 4)).astype(np.float32) * 0.5
+    return X.astype(np.float32), y
+
+
+def classifier(seed=0):
+    gpunet.manual_seed(seed)
+    return nn.Sequential(nn.Dense(4, 16, "relu"), nn.Dense(16, 3))
+
+
+@pytest.mark.parametrize("engine", ["autograd", "fused"])
+@pytest.mark.parametrize(
+    "mode,batch_size,expected_batch",
+    [("batch", None, 120), ("stochastic", None, 1), ("minibatch", 32, 32), (None, 50, 50)],
+)
+def test_regimes_iteration_counts_and_convergence(engine, mode, batch_size, expected_batch):
+    X, y = blobs()
+    model = classifier()
+    lr = {1: 0.01, 120: 0.5}.get(expected_batch, 0.1)
+    opt = optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    history = fit(
+        model,
+        X,
+        y,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=opt,
+        epochs=15,
+        batch_size=batch_size if batch_size else 32,
+        mode=mode,
+        engine=engine,
+        progress=False,
+        verbose=0,
+    )
+    per_epoch = math.ceil(120 / expected_batch)
+    assert history.iterations_per_epoch == per_epoch
+    assert history.iterations == 15 * per_epoch
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+    assert history.history["accuracy"][-1] > 0.95
+
+
+def test_partial_last_batch_is_trained_on():
+    # 10 samples, batch 4: batches of 4, 4, 2; a model whose only learnable signal is in
+    # the last two samples must still move.
+    X = np.zeros((10, 2), np.float32)
+    y = np.zeros(10, np.int64)
+    X[8:] = 1.0
+    y[8:] = 1
+    gpunet.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+
+    class Recorder(gpunet.train.Callback):
+        def on_batch_end(self, iteration, logs=None):
+            seen.append(iteration)
+
+    history = fit(
+        model,
+        X,
+        y,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=opt,
+        epochs=1,
+        batch_size=4,
+        shuffle=False,
+        callbacks=[Recorder()],
+        progress=False,
+        verbose=0,
+    )
+    assert seen == [0, 1, 2] and history.iterations == 3
+
+
+def test_regime_is_logged(capsys):
+    X, y = blobs(30)
+    model = classifier()
+    fit(
+        model,
+        X,
+        y,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=optim.SGD(model.parameters()),
+        epochs=1,
+        batch_size=1,
+        progress=False,
+        verbose=1,
+    )
+    assert "stochastic gradient descent (batch size 1)" in capsys.readouterr().err
+    fit(
+        model,
+        X,
+        y,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=optim.SGD(model.parameters()),
+        epochs=1,
+        mode="batch",
+        progress=False,
+        verbose=1,
+    )
+    assert "batch gradient descent (full batch of 30)" in capsys.readouterr().err
+
+
+def test_history_validation_and_lr():
+    X, y = blobs(100)
+    model = classifier()
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    sched = optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    history = Trainer(
+        model, nn.CrossEntropyLoss(), opt, scheduler=sched, progress=False, verbose=0
+    ).fit(X, y, epochs=3, batch_size=16, validation_split=0.2)
+    assert set(history.history) >= {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+    assert history.history["lr"] == [0.01, 0.005, 0.0025]
+    assert history.epoch == [0, 1, 2]
+    assert history.iterations_per_epoch == math.ceil(80 / 16)
+
+
+def test_shuffle_seed_is_reproducible():
+    X, y = blobs(60)
+    weights = []
+    for _ in range(2):
+        model = classifier()
+        fit(
+            model,
+            X,
+            y,
+            loss=nn.CrossEntropyLoss(),
+            optimizer=optim.SGD(model.parameters()),
+            epochs=2,
+            batch_size=8,
+            seed=123,
+            progress=False,
+            verbose=0,
+        )
+        weights.append(model.state_dict())
+    for key in weights[0]:
+        np.testing.assert_array_equal(weights[0][key], weights[1][key])
+
+
+def test_predict_and_evaluate_in_batches():
+    X, y = blobs(50)
+    model = classifier()
+    out = predict(model, X, batch_size=7)
+    np.testing.assert_allclose(out, model(Tensor(X)).detach().numpy(), rtol=1e-6)
+    result = evaluate(model, X, y, loss=nn.CrossEntropyLoss(), batch_size=7)
+    expected = nn.CrossEntropyLoss()(model(Tensor(X)), y).item()
+    assert abs(result["loss"] - expected) < 1e-5
+    assert result["accuracy"] == np.mean(out.argmax(1) == y)
+
+
+def test_regression_with_mse_converges():
+    X, y = gpunet.data.make_regression(n_samples=200, n_features=5, seed=0)
+    gpunet.manual_seed(0)
+    model = nn.Sequential(nn.Dense(5, 32, "tanh"), nn.Dense(32, 1))
+    history = fit(
+        model,
+        X,
+        y,
+        loss=nn.MSELoss(),
+        optimizer=optim.Adam(model.parameters(), lr=0.01),
+        epochs=40,
+        batch_size=16,
+        progress=False,
+        verbose=0,
+    )
+    assert "accuracy" not in history.history
+    assert history.history["loss"][-1] < 0.3 * history.history["loss"][0]
+
+
+# --------------------------------------------------------------------- bad input
+def make_trainer():
+    model = classifier()
+    return model, Trainer(
+        model, nn.CrossEntropyLoss(), optim.SGD(model.parameters()), progress=False, verbose=0
+    )
+
+
+BAD_INPUTS = [
+    ("feature_mismatch", lambda X, y: (X[:, :3], y), ValueError, "expects 4 input features, got 3"),
+    ("sample_mismatch", lambda X, y: (X, y[:-1]), ValueError, "x has 20 samples but y has 19"),
+    (
+        "labels_out_of_range",
+        lambda X, y: (X, np.where(y == 2, 3, y)),
+        ValueError,
+        "label 3 out of range for a model with 3 outputs",
+    ),
+    (
+        "negative_label",
+        lambda X, y: (X, np.where(y == 2, -1, y)),
+        ValueError,
+        "label -1 out of range",
+    ),
+    (
+        "float_labels",
+        lambda X, y: (X, y.astype(np.float32)),
+        TypeError,
+        "needs integer class indices",
+    ),
+    ("string_features", lambda X, y: (X.astype(str), y), TypeError, "expected a numeric"),
+    ("nan", lambda X, y: (np.where(X > 2.5, np.nan, X), y), ValueError, "NaN or Inf"),
+    ("inf", lambda X, y: (np.where(X > 2.5, np.inf, X), y), ValueError, "NaN or Inf"),
+    ("empty", lambda X, y: (X[:0], y[:0]), ValueError, "empty"),
+    ("one_dimensional", lambda X, y: (X[:, 0], y), ValueError, "shape \\(samples, features\\)"),
+]
+
+
+@pytest.mark.parametrize("name,corrupt,error,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_raises_before_any_state_changes(name, corrupt, error, message):
+    X, y = blobs(20)
+    model, trainer = make_trainer()
+    before = model.state_dict()
+    Xb, yb = corrupt(X, y)
+    with pytest.raises(error, match=message):
+        trainer.fit(Xb, yb, epochs=1)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    assert trainer.optimizer.state == {} or all(not s for s in trainer.optimizer.state.values())
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        ({"batch_size": 0}, ValueError, "batch_size must be >= 1, got 0"),
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an int"),
+        ({"epochs": 0}, ValueError, "epochs must be a positive int"),
+        ({"mode": "online"}, ValueError, "unknown mode 'online'"),
+        ({"validation_split": 1.0}, ValueError, "validation_split must be in"),
+        ({"validation_data": ([[1.0]], [0])}, ValueError, "expects 4 input features, got 1"),
+    ],
+)
+def test_bad_fit_arguments(kwargs, error, message):
+    X, y = blobs(20)
+    model, trainer = make_trainer()
+    before = model.state_dict()
+    with pytest.raises(error, match=message):
+        trainer.fit(X, y, **kwargs)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+def test_unknown_names_raise():
+    with pytest.raises(ValueError, match="unknown activation 'relux'"):
+        nn.Dense(2, 2, activation="relux")
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        gpunet.losses.get_loss("hinge")
+    with pytest.raises(ValueError, match="unknown engine 'turbo'"):
+        model = classifier()
+        Trainer(model, "cross_entropy", optim.SGD(model.parameters()), engine="turbo")
+    from gpunet.cli import main
+
+    assert main(["train", "--optimizer", "lion", "--epochs", "1", "--no-progress"]) == 2
+
+
+def test_tensor_on_another_device_is_rejected():
+    from gpunet.backend.numpy_backend import NumpyBackend
+
+    X, y = blobs(20)
+    other = NumpyBackend()
+    other.device = "cuda:3"
+    x_elsewhere = Tensor._wrap(X, other)
+    model, trainer = make_trainer()
+    with pytest.raises(RuntimeError, match="x is on device cuda:3 but the model is on cpu"):
+        trainer.fit(x_elsewhere, y)
+
+
+def test_synthetic_classification_learns():
+    X, y = make_classification(n_samples=300, n_features=8, n_classes=3, seed=1)
+    gpunet.manual_seed(0)
+    model = nn.Sequential(nn.Dense(X.shape[1], 32, "relu"), nn.Dense(32, 3))
+    history = fit(
+        model,
+        X,
+        y,
+        loss="cross_entropy",
+        optimizer=optim.Adam(model.parameters(), lr=0.01),
+        epochs=30,
+        batch_size=32,
+        progress=False,
+        verbose=0,
+    )
+    assert history.history["accuracy"][-1] > 0.6
