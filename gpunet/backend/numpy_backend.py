@@ -3,8 +3,6 @@ place of the ``xp`` reference ops (BLAS still does the matmuls)."""
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from gpunet.backend.base import Backend
@@ -48,11 +46,9 @@ class NumpyBackend(Backend):
         return train_epoch
 
     def training_context(self, flush_denormals: bool = True):
-        """Flush subnormals to zero on this thread (x86 FTZ/DAZ) while training; the
-        update kernels also store subnormal optimizer state as 0 (see
-        ``gpunet.kernels.cpu.denormals``)."""
-        if not flush_denormals:
-            return contextlib.nullcontext()
-        from gpunet.kernels.cpu.denormals import flush_denormals as ftz  # noqa: PLC0415
+        """While training: with ``flush_denormals``, subnormal floats are flushed to zero
+        on this thread (x86 FTZ/DAZ) and the update kernels store subnormal optimizer
+        state as 0; without it, neither (see ``gpunet.kernels.cpu.denormals``)."""
+        from gpunet.kernels.cpu.denormals import training_denormals  # noqa: PLC0415
 
-        return ftz()
+        return training_denormals(flush_denormals)

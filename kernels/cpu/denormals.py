@@ -45,6 +45,7 @@ __all__ = [
     "set_flush_denormals",
     "set_mxcsr",
     "tiny_of",
+    "training_denormals",
 ]
 
 FTZ_BIT = 0x8000  # MXCSR bit 15: flush subnormal results to zero
@@ -166,3 +167,18 @@ def flush_denormals(enabled: bool = True):
         yield True
     finally:
         _write_mxcsr(saved)
+
+
+@contextlib.contextmanager
+def training_denormals(flush: bool):
+    """Denormal handling for a training run: when ``flush``, FTZ/DAZ on this thread (x86)
+    and per-kernel flushing; otherwise neither. The previous state is restored on exit."""
+    previous = set_flush_denormals(flush)
+    try:
+        if flush:
+            with flush_denormals():
+                yield
+        else:
+            yield
+    finally:
+        set_flush_denormals(previous)

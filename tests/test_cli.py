@@ -1,0 +1,141 @@
+"""The command line, run in-process as a user would run it."""
+
+import json
+
+import numpy as np
+
+from gpunet import nn
+from gpunet.cli import build_model, main
+from gpunet.io import load_weights
+
+
+def test_train_digits_with_defaults_reaches_97_percent(tmp_path, capsys):
+    out = tmp_path / "history.json"
+    weights = tmp_path / "weights.safetensors"
+    assert main(["train", "--no-progress", "--output", str(out), "--save", str(weights)]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "training time" in printed
+    report = json.loads(out.read_text())
+    assert report["summary"]["test_accuracy"] >= 0.97
+    assert report["summary"]["engine"] == "fused"
+    assert len(report["history"]["history"]["loss"]) == report["summary"]["epochs_run"]
+    model = build_model(64, [128, 64], 10, "relu", np.float32, "cpu")
+    load_weights(model, str(weights))
+    assert model[0].weight.shape == (128, 64)
+
+
+def test_train_every_regime_scheduler_and_early_stopping(tmp_path):
+    for extra in (
+        [
+            "--mode",
+            "batch",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.5",
+            "--momentum",
+            "0.9",
+            "--scheduler",
+            "cosine",
+        ],
+        [
+            "--mode",
+            "stochastic",
+            "--optimizer",
+            "rmsprop",
+            "--lr",
+            "1e-3",
+            "--scheduler",
+            "plateau",
+            "--epochs",
+            "2",
+        ],
+        [
+            "--batch-size",
+            "64",
+            "--optimizer",
+            "adamw",
+            "--scheduler",
+            "step",
+            "--early-stopping",
+            "2",
+            "--activation",
+            "gelu",
+            "--engine",
+            "autograd",
+        ],
+    ):
+        out = tmp_path / "h.json"
+        args = ["train", "--no-progress", "--epochs", "5", "--output", str(out), *extra]
+        assert main(args) == 0, extra
+        summary = json.loads(out.read_text())["summary"]
+        assert summary["test_accuracy"] > 0.5, extra
+
+
+def test_train_regression_and_mnist1d(tmp_path):
+    out = tmp_path / "h.json"
+    assert (
+        main(
+            [
+                "train",
+                "--no-progress",
+                "--dataset",
+                "synthetic-regression",
+                "--epochs",
+                "5",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "test_loss" in json.loads(out.read_text())["summary"]
+    assert (
+        main(
+            [
+                "train",
+                "--no-progress",
+                "--dataset",
+                "mnist1d",
+                "--epochs",
+                "2",
+                "--hidden",
+                "64",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(out.read_text())["summary"]["dataset"] == "mnist1d"
+
+
+def test_bad_arguments_exit_with_a_message(capsys):
+    assert main(["train", "--activation", "swish", "--no-progress", "--epochs", "1"]) == 2
+    assert "unknown activation 'swish'" in capsys.readouterr().err
+    assert main(["train", "--batch-size", "0", "--no-progress", "--epochs", "1"]) == 2
+    assert "batch_size must be >= 1" in capsys.readouterr().err
+
+
+def test_info_reports_backends(capsys):
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "numpy (cpu) available" in text
+    assert "cuda" in text
+
+
+def test_saved_weights_are_never_half_written(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 2))
+    path = tmp_path / "w.safetensors"
+    from gpunet.io import save_weights
+
+    save_weights(model, path)
+    before = path.read_bytes()
+    bad = nn.Sequential(nn.Linear(3, 2))
+    bad[0].weight.data = object()  # state_dict() fails mid-way
+    try:
+        save_weights(bad, path)
+    except Exception:
+        pass
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
