@@ -97,6 +97,9 @@ def time_train(peer, X, y, batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
+PAUSE_BETWEEN_PEERS_S = 1.0  # lets the previous peer's worker threads go to sleep
+
+
 def choose_slice(row_peers, X, y, batch_size: int, target_s: float) -> int:
     """Warm every peer up, then pick how many samples one timed repeat uses.
 
@@ -147,9 +150,14 @@ def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eva
         peer.setup(optimizer, np.float32)
         if batch_size < len(y):  # a full-batch step is too costly to repeat untimed
             peer.train(X[: 2 * batch_size], y[: 2 * batch_size], batch_size)
+    # Each peer's repeats run as one block after a pause. Interleaving peers would let
+    # one framework's idle worker threads (PyTorch's OpenMP pool spin-waits after each
+    # op by default) steal the cores another framework's BLAS threads are using: on 2
+    # cores that slowed gpunet's BLAS-bound rows up to 4x, which no user sees.
     times = {peer.key: [] for peer in row_peers}
-    for _ in range(args.repeats):  # round-robin, so drifting load hits all peers alike
-        for peer in row_peers:
+    for peer in row_peers:
+        time.sleep(PAUSE_BETWEEN_PEERS_S)
+        for _ in range(args.repeats):
             times[peer.key].append(time_train(peer, X[:n_slice], y[:n_slice], batch_size))
     results = []
     for peer in row_peers:

@@ -104,8 +104,9 @@ class Backend:
         return losses.astype(logits.dtype, copy=False), dlogits.astype(logits.dtype, copy=False)
 
     def fused_epoch_kernel(self):
-        """A compiled whole-epoch trainer for dense networks (see ``gpunet.train.fused``),
-        or None when this backend has none."""
+        """The module of a compiled whole-epoch trainer for dense networks (with
+        ``train_epoch``, ``workspace_size`` and ``LOSS_CODES``; see
+        ``gpunet.train.fused``), or None when this backend has none."""
         return None
 
     def fused_update(self, optimizer_name: str):

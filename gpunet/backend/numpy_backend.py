@@ -41,9 +41,9 @@ class NumpyBackend(Backend):
         return optim_updates.fused_update(optimizer_name)
 
     def fused_epoch_kernel(self):
-        from gpunet.kernels.cpu.fused_mlp import train_epoch  # noqa: PLC0415
+        from gpunet.kernels.cpu import fused_mlp  # noqa: PLC0415
 
-        return train_epoch
+        return fused_mlp
 
     def training_context(self, flush_denormals: bool = True):
         """While training: with ``flush_denormals``, subnormal floats are flushed to zero

@@ -93,8 +93,15 @@ class FusedDenseEngine:
 
     name = "fused"
 
-    def __init__(self, model, loss, optimizer, track_accuracy: bool, flush_denormals: bool = True):
-        from gpunet.kernels.cpu.fused_mlp import LOSS_CODES  # noqa: PLC0415
+    def __init__(
+        self,
+        model,
+        loss,
+        optimizer,
+        track_accuracy: bool,
+        flush_denormals: bool = True,
+        workspace_cache: dict | None = None,
+    ):
         from gpunet.kernels.cpu.update_rules import OPTIMIZER_CODES  # noqa: PLC0415
 
         self.model, self.loss, self.optimizer = model, loss, optimizer
@@ -102,10 +109,13 @@ class FusedDenseEngine:
         self.flush_denormals = flush_denormals
         self.layers = dense_layers(model)
         self.backend = next(model.parameters()).backend
-        self.kernel = self.backend.fused_epoch_kernel()
+        self.kernels = self.backend.fused_epoch_kernel()
+        # batch size -> scratch buffer, reused across epochs (and fits, when the caller
+        # passes its own dict): fresh memory costs page faults on every epoch
+        self._work = {} if workspace_cache is None else workspace_cache
         self.opt_name = optimizer._update_name
         self.opt_code = OPTIMIZER_CODES[self.opt_name]
-        self.loss_code = LOSS_CODES[
+        self.loss_code = self.kernels.LOSS_CODES[
             "cross_entropy" if isinstance(loss, CrossEntropyLoss) else "mse"
         ]
         self.params = list(model.parameters())
@@ -200,7 +210,12 @@ class FusedDenseEngine:
         else:
             labels = np.zeros(0, np.int64)
             targets = np.ascontiguousarray(y.reshape(len(y), -1), dtype=X.dtype)
-        loss_sum, correct = self.kernel(
+        work = self._work.get((batch_size, X.dtype))
+        if work is None:
+            self._work.clear()
+            size = self.kernels.workspace_size(self.layer_table, batch_size)
+            work = self._work[(batch_size, X.dtype)] = np.empty(size, X.dtype)
+        loss_sum, correct = self.kernels.train_epoch(
             X,
             labels,
             targets,
@@ -213,6 +228,7 @@ class FusedDenseEngine:
             H,
             steps,
             firsts,
+            work,
             self.opt_code,
             self.loss_code,
             float(getattr(self.loss, "label_smoothing", 0.0)),

@@ -100,6 +100,7 @@ class Trainer:
         self.progress, self.verbose = progress, verbose
         self.stop_training = False
         self.engine_name = None
+        self._workspaces = {}  # the fused engine's scratch, kept across fit() calls
 
     # ------------------------------------------------------------------ data
     @property
@@ -140,7 +141,12 @@ class Trainer:
             )
             if reason is None:
                 return FusedDenseEngine(
-                    self.model, self.loss, self.optimizer, track, self.flush_denormals
+                    self.model,
+                    self.loss,
+                    self.optimizer,
+                    track,
+                    self.flush_denormals,
+                    workspace_cache=self._workspaces,
                 )
             if self.engine_choice == "fused":
                 raise ValueError(f"engine='fused' cannot train this model: {reason}")
@@ -206,7 +212,8 @@ class Trainer:
             for epoch in range(epochs):
                 self.callbacks.on_epoch_begin(epoch, {})
                 lr = self.optimizer.param_groups[0]["lr"]
-                if shuffle:
+                # a full batch is one step whatever the order: skip the (large) copy
+                if shuffle and batch_size < n:
                     order = xp.asarray(rng.permutation(n))
                     Xe, Ye = X[order], Y[order]
                 else:

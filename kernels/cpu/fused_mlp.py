@@ -33,7 +33,7 @@ from gpunet.kernels.cpu.blas import (
     outer_row,
     weight_grad,
 )
-from gpunet.kernels.cpu.dense import GELU, LINEAR, _backward_epilogue, _forward_epilogue, _like
+from gpunet.kernels.cpu.dense import GELU, _backward_epilogue, _forward_epilogue, _like
 from gpunet.kernels.cpu.softmax_xent import _softmax_xent_rows
 from gpunet.kernels.cpu.update_rules import (
     ADAGRAD,
@@ -168,6 +168,14 @@ def _mse(out, target, mean, dout):
 
 
 # -------------------------------------------------------------------- epoch
+def workspace_size(layers, batch_size: int) -> int:
+    """Elements of scratch :func:`train_epoch` needs: per layer, activations and output
+    gradients (batch, width), plus saved pre-activations for GELU layers."""
+    widths = layers[:, 1]
+    per_row = 2 * int(widths.sum()) + int(widths[layers[:, 4] == GELU].sum())
+    return batch_size * per_row
+
+
 @njit(cache=True, error_model="numpy")
 def train_epoch(
     X,
@@ -184,6 +192,7 @@ def train_epoch(
     H,
     steps,
     firsts,
+    work,
     opt_kind,
     loss_kind,
     smoothing,
@@ -196,6 +205,7 @@ def train_epoch(
 
     ``H`` (K, 8) float64 hyperparameter rows, ``steps`` (K,) int64 optimizer step counts
     (incremented here), ``firsts`` (K,) int64 1 while a momentum buffer does not exist.
+    ``work`` is a scratch buffer of at least :func:`workspace_size` elements.
     Returns ``(loss_sum, correct)``: batch-mean losses times batch sizes, summed, and the
     number of correct arg-max predictions (cross-entropy only).
     """
@@ -203,19 +213,28 @@ def train_epoch(
     n_layers = layers.shape[0]
     dtype_tiny = np.finfo(P.dtype).tiny
     zero_bias = np.zeros(1, P.dtype)
+    # carve the per-layer activations, saved pre-activations (GELU) and output
+    # gradients out of the caller's workspace (see workspace_size): reusing it across
+    # epochs avoids page-faulting fresh memory, which dominated full-batch epochs
     acts = []
     saved = []
     grads = []
-    deltas = []
     zero_biases = []  # forward bias of layers without one
     db_scratch = []  # bias-gradient output of layers without a bias
+    off = 0
     for l in range(n_layers):
         width = layers[l, 1]
-        a = np.empty((batch_size, width), P.dtype)
+        size = batch_size * width
+        a = work[off : off + size].reshape((batch_size, width))
+        off += size
         acts.append(a)
-        saved.append(np.empty((batch_size, width), P.dtype) if layers[l, 4] == GELU else a)
-        grads.append(np.empty((batch_size, width), P.dtype))
-        deltas.append(np.empty((batch_size, width), P.dtype))
+        if layers[l, 4] == GELU:
+            saved.append(work[off : off + size].reshape((batch_size, width)))
+            off += size
+        else:
+            saved.append(a)
+        grads.append(work[off : off + size].reshape((batch_size, width)))
+        off += size
         if layers[l, 3] < 0:
             zero_biases.append(np.zeros(width, P.dtype))
             db_scratch.append(np.zeros(width, P.dtype))
@@ -269,13 +288,10 @@ def train_epoch(
             )
             w_off = params[wp, 0]
             W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
-            dy = grads[l][:nb]
-            dz = deltas[l][:nb]
+            dz = grads[l][:nb]  # dy on entry; the epilogue turns it into dz in place
             b_off = params[bp, 0] if bp >= 0 else 0
             db = G[b_off : b_off + n_out] if bp >= 0 else db_scratch[l]
-            _backward_epilogue(dy, saved[l][:nb], dz, db, act)
-            if act == LINEAR:
-                dz = dy
+            _backward_epilogue(dz, saved[l][:nb], dz, db, act)
             a_in = xb if l == 0 else acts[l - 1][:nb]
             if l > 0:
                 matmul_nn(dz, W, grads[l - 1][:nb])
