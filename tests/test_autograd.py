@@ -167,3 +167,14 @@ def test_tensors_on_different_devices_raise():
     b = Tensor._wrap(np.ones(2), other)
     with pytest.raises(RuntimeError, match="same device, got cpu and cuda:7"):
         a + b
+
+
+def test_auto_device_falls_back_to_cpu_with_a_notice(capsys):
+    from gpunet.backend import cuda_unavailable_reason, normalize_device
+
+    if cuda_unavailable_reason() is None:
+        assert normalize_device("auto") == "cuda:0"
+        return
+    assert normalize_device("auto") == "cpu"
+    assert "gpunet: device 'auto' -> cpu (" in capsys.readouterr().err
+    assert Tensor(np.ones(2), device="auto").device == "cpu"
