@@ -3,7 +3,7 @@
 Importing gpunet needs only NumPy and Numba; nothing is compiled at import.
 """
 
-from gpunet import functional, losses, nn
+from gpunet import data, functional, losses, nn, optim, train
 from gpunet.autograd import Tensor, enable_grad, is_grad_enabled, no_grad, ones, tensor, zeros
 from gpunet.backend import get_backend
 from gpunet.dtypes import get_default_dtype, set_default_dtype
@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Tensor",
+    "data",
+    "optim",
+    "train",
     "enable_grad",
     "functional",
     "get_backend",
