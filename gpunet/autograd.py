@@ -555,7 +555,8 @@ def _normalize_axis(axis, ndim):
     return tuple(ax % ndim for ax in axes)
 
 
-def _expand_grad(g, shape, axes, keepdims):
+def _expand_grad(g, axes, keepdims):
+    """Reinsert the reduced ``axes`` as size-1 axes so ``g`` broadcasts to the input."""
     if not keepdims:
         for ax in sorted(axes):
             g = g.reshape(g.shape[:ax] + (1,) + g.shape[ax:])
@@ -567,7 +568,7 @@ def sum(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     out = a.data.sum(axis=axes, keepdims=keepdims)
 
     def backward(g):
-        g = _expand_grad(g, a.data.shape, axes, keepdims)
+        g = _expand_grad(g, axes, keepdims)
         return (a.backend.xp.broadcast_to(g, a.data.shape),)
 
     return record(out, (a,), backward, "sum")
@@ -581,7 +582,7 @@ def mean(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     out = a.data.mean(axis=axes, keepdims=keepdims)
 
     def backward(g):
-        g = _expand_grad(g, a.data.shape, axes, keepdims) / count
+        g = _expand_grad(g, axes, keepdims) / count
         return (a.backend.xp.broadcast_to(g, a.data.shape),)
 
     return record(out, (a,), backward, "mean")
@@ -596,7 +597,7 @@ def max(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     def backward(g):
         mask = a.data == kept
         counts = mask.sum(axis=axes, keepdims=True)
-        g = _expand_grad(g, a.data.shape, axes, keepdims)
+        g = _expand_grad(g, axes, keepdims)
         return (mask * (g / counts),)
 
     return record(out, (a,), backward, "max")

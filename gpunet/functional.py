@@ -135,30 +135,18 @@ def _check_class_targets(logits: Tensor, target: Tensor, what: str) -> None:
             )
 
 
-def _reduce(losses, grad_rows, parents, reduction, name, backend):
-    """Wrap per-sample ``losses`` (N,) whose gradient w.r.t. parents[0] is ``grad_rows``
-    (same shape as parents[0]) for an upstream gradient of 1 per sample."""
-    n = losses.shape[0]
+def _reduce(losses, grad, input: Tensor, reduction: str, name: str) -> Tensor:
+    """Wrap a loss: ``losses`` per sample (N,) or per element (input's shape), and
+    ``grad``, the gradient of each loss w.r.t. ``input`` (input's shape), reduced by
+    ``reduction``. An upstream gradient of ``losses``' shape ('none') is broadcast over
+    ``grad``'s trailing axes."""
+    n = losses.size
     if reduction == "mean":
-        out = losses.mean()
-
-        def backward(g):
-            return (grad_rows * (g / max(n, 1)),) + (None,) * (len(parents) - 1)
-
-    elif reduction == "sum":
-        out = losses.sum()
-
-        def backward(g):
-            return (grad_rows * g,) + (None,) * (len(parents) - 1)
-
-    else:
-        out = losses
-
-        def backward(g):
-            shape = (n,) + (1,) * (grad_rows.ndim - 1)
-            return (grad_rows * g.reshape(shape),) + (None,) * (len(parents) - 1)
-
-    return record(out, parents, backward, name)
+        return record(losses.mean(), (input,), lambda g: (grad * (g / max(n, 1)),), name)
+    if reduction == "sum":
+        return record(losses.sum(), (input,), lambda g: (grad * g,), name)
+    trailing = (1,) * (grad.ndim - losses.ndim)
+    return record(losses, (input,), lambda g: (grad * g.reshape(g.shape + trailing),), name)
 
 
 def cross_entropy(
@@ -177,7 +165,7 @@ def cross_entropy(
     losses, dlogits = logits.backend.softmax_cross_entropy(
         logits.data, target.data, label_smoothing=label_smoothing
     )
-    return _reduce(losses, dlogits, (logits,), reduction, "cross_entropy", logits.backend)
+    return _reduce(losses, dlogits, logits, reduction, "cross_entropy")
 
 
 def nll_loss(log_probs: Tensor, target, reduction: str = "mean") -> Tensor:
@@ -190,7 +178,7 @@ def nll_loss(log_probs: Tensor, target, reduction: str = "mean") -> Tensor:
     losses = -log_probs.data[rows, target.data]
     grad = xp.zeros_like(log_probs.data)
     grad[rows, target.data] = -1
-    return _reduce(losses, grad, (log_probs,), reduction, "nll_loss", log_probs.backend)
+    return _reduce(losses, grad, log_probs, reduction, "nll_loss")
 
 
 def _check_same_shape(input: Tensor, target: Tensor, what: str) -> None:
@@ -224,7 +212,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target, reduction: str = "me
     x, t = input.data, target.data.astype(input.dtype, copy=False)
     losses = xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
     grad = get_activation("sigmoid").forward(xp, x) - t
-    return _elementwise_reduce(losses, grad, input, reduction, "bce_with_logits")
+    return _reduce(losses, grad, input, reduction, "bce_with_logits")
 
 
 def binary_cross_entropy(input: Tensor, target, reduction: str = "mean") -> Tensor:
@@ -241,16 +229,7 @@ def binary_cross_entropy(input: Tensor, target, reduction: str = "mean") -> Tens
         log_1p = xp.maximum(xp.log1p(-p), -100)
     losses = -(t * log_p + (1 - t) * log_1p)
     grad = (p - t) / xp.maximum(p * (1 - p), p.dtype.type(1e-12))
-    return _elementwise_reduce(losses, grad, input, reduction, "bce")
-
-
-def _elementwise_reduce(losses, grad, input: Tensor, reduction: str, name: str) -> Tensor:
-    n = losses.size
-    if reduction == "mean":
-        return record(losses.mean(), (input,), lambda g: (grad * (g / max(n, 1)),), name)
-    if reduction == "sum":
-        return record(losses.sum(), (input,), lambda g: (grad * g,), name)
-    return record(losses, (input,), lambda g: (grad * g,), name)
+    return _reduce(losses, grad, input, reduction, "bce")
 
 
 def _as_target(target, like: Tensor) -> Tensor:

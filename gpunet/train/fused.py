@@ -153,19 +153,16 @@ class FusedDenseEngine:
 
     def _load(self):
         """Model parameters and optimizer state -> flat buffers (epoch start)."""
-        from gpunet.kernels.cpu.update_rules import hyper_row  # noqa: PLC0415
+        from gpunet.kernels.cpu.update_rules import N_HYPER, hyper_row  # noqa: PLC0415
 
         K = len(self.params)
-        H = np.zeros((K, 8))
+        H = np.zeros((K, N_HYPER))
         steps = np.zeros(K, np.int64)
         firsts = np.zeros(K, np.int64)
         slots = STATE_SLOTS[self.opt_name]
         for k, p in enumerate(self.params):
             group = self.group_of[id(p)]
-            name = self.opt_name
-            if name == "adam" and group.get("decoupled_weight_decay"):
-                name = "adamw"
-            H[k] = hyper_row(name, group)
+            H[k] = hyper_row(self.opt_name, group)  # Adam reads decoupled_weight_decay
             self._views(self.P, k)[...] = p.data
             state = self.optimizer.state[p]
             steps[k] = int(state.get("step", 0))
@@ -181,7 +178,7 @@ class FusedDenseEngine:
                 self._views(self.S[0], k)[...] = group["initial_accumulator_value"]
         return H, steps, firsts
 
-    def _store(self, steps, firsts):
+    def _store(self, steps):
         """Flat buffers -> model parameters and optimizer state (epoch end)."""
         slots = STATE_SLOTS[self.opt_name]
         for k, p in enumerate(self.params):
@@ -191,7 +188,7 @@ class FusedDenseEngine:
             if self.opt_name != "sgd":
                 state["step"] = int(steps[k])
             for slot, key in zip(self.S, slots):
-                if key is None or not _state_kept(self.opt_name, key, group, firsts[k]):
+                if key is None or not _state_kept(self.opt_name, key, group):
                     continue
                 if state.get(key) is not None:
                     state[key][...] = self._views(slot, k)
@@ -235,13 +232,13 @@ class FusedDenseEngine:
             self.loss.reduction == "mean",
             self.flush_denormals,
         )
-        self._store(steps, firsts)
+        self._store(steps)
         for p in self.params:
             p.grad = None
         return float(loss_sum), (int(correct) if self.track_accuracy else None)
 
 
-def _state_kept(opt_name: str, key: str, group: dict, first) -> bool:
+def _state_kept(opt_name: str, key: str, group: dict) -> bool:
     """Whether the optimizer would hold state ``key`` after a step (torch's layout)."""
     if opt_name == "sgd":
         return group["momentum"] != 0

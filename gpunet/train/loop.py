@@ -120,7 +120,7 @@ class Trainer:
             probe = self.model(Tensor._wrap(backend.asarray(X[:1]), backend))
         if uses_class_indices(self.loss):
             check.check_class_labels(Y, probe.shape[1], name_y)
-        elif Y.dtype.kind == "f" or Y.dtype.kind in "iub":
+        else:  # regression targets: the model's dtype and output shape
             Y = Y.astype(self.model.dtype, copy=False)
             if Y.ndim == 1 and probe.ndim == 2 and probe.shape[1] == 1:
                 Y = Y.reshape(-1, 1)

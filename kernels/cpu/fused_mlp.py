@@ -41,6 +41,7 @@ from gpunet.kernels.cpu.update_rules import (
     RMSPROP,
     SGD,
     typed_coefficients,
+    update_array,
     update_span,
 )
 
@@ -49,24 +50,6 @@ LOSS_CODES = {"cross_entropy": CROSS_ENTROPY, "mse": MSE}
 
 
 # ------------------------------------------------------------------ updates
-@njit(inline="always", error_model="numpy")
-def _update_flat(kind, P, G, S1, S2, S3, off, size, h, step, first, do_flush, tiny):
-    """Update ``P[off:off+size]`` from the gradient ``G[off:off+size]``."""
-    c = typed_coefficients(kind, h, step, first, P[0])
-    end = off + size
-    update_span(
-        kind,
-        P[off:end],
-        G[off:end],
-        S1[off:end],
-        S2[off:end],
-        S3[off:end],
-        c,
-        do_flush,
-        _like(tiny, P[0]),
-    )
-
-
 @njit(inline="always", error_model="numpy")
 def _update_outer(kind, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first, do_flush, tiny):
     """Update the weight block ``P[off:off + n_out*n_in]`` (row-major (n_out, n_in)) with
@@ -80,18 +63,6 @@ def _update_outer(kind, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, fir
         outer_row(dz, a, nb, i, grow)
         lo, hi = off + i * n_in, off + (i + 1) * n_in
         update_span(kind, P[lo:hi], grow, S1[lo:hi], S2[lo:hi], S3[lo:hi], c, do_flush, tiny)
-
-
-@njit(cache=True, error_model="numpy")
-def _update_param(kind, P, G, S1, S2, S3, off, size, h, step, first, do_flush, tiny):
-    if kind == SGD:
-        _update_flat(SGD, P, G, S1, S2, S3, off, size, h, step, first, do_flush, tiny)
-    elif kind == ADAM:
-        _update_flat(ADAM, P, G, S1, S2, S3, off, size, h, step, first, do_flush, tiny)
-    elif kind == RMSPROP:
-        _update_flat(RMSPROP, P, G, S1, S2, S3, off, size, h, step, first, do_flush, tiny)
-    else:
-        _update_flat(ADAGRAD, P, G, S1, S2, S3, off, size, h, step, first, do_flush, tiny)
 
 
 @njit(cache=True, error_model="numpy")
@@ -318,38 +289,32 @@ def train_epoch(
             else:
                 Gw = G[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
                 weight_grad(dz, a_in, Gw)
-                _update_param(
+                update_array(
                     opt_kind,
-                    P,
-                    G,
-                    S1,
-                    S2,
-                    S3,
-                    w_off,
-                    n_out * n_in,
+                    P[w_off : w_off + n_out * n_in],
+                    G[w_off : w_off + n_out * n_in],
+                    S1[w_off : w_off + n_out * n_in],
+                    S2[w_off : w_off + n_out * n_in],
+                    S3[w_off : w_off + n_out * n_in],
                     H[wp],
                     steps[wp],
                     firsts[wp] != 0,
                     do_flush,
-                    dtype_tiny,
                 )
             firsts[wp] = 0
             if bp >= 0:
                 steps[bp] += 1
-                _update_param(
+                update_array(
                     opt_kind,
-                    P,
-                    G,
-                    S1,
-                    S2,
-                    S3,
-                    b_off,
-                    n_out,
+                    P[b_off : b_off + n_out],
+                    G[b_off : b_off + n_out],
+                    S1[b_off : b_off + n_out],
+                    S2[b_off : b_off + n_out],
+                    S3[b_off : b_off + n_out],
                     H[bp],
                     steps[bp],
                     firsts[bp] != 0,
                     do_flush,
-                    dtype_tiny,
                 )
                 firsts[bp] = 0
     return loss_sum, correct
