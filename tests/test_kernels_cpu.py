@@ -507,6 +507,23 @@ def test_mxcsr_flush_context():
         assert active is False and get_mxcsr() & control == before
 
 
+@_needs_x86
+def test_hardware_flush_active_follows_both_bits():
+    from gpunet.kernels.cpu.denormals import DAZ_BIT, FTZ_BIT, hardware_flush_active, set_mxcsr
+
+    saved = get_mxcsr()
+    try:
+        assert not hardware_flush_active()
+        with flush_denormals():
+            assert hardware_flush_active()
+        set_mxcsr(saved | FTZ_BIT)  # FTZ alone lets subnormal inputs through
+        assert not hardware_flush_active()
+        set_mxcsr(saved | DAZ_BIT)
+        assert not hardware_flush_active()
+    finally:
+        set_mxcsr(saved)
+
+
 # ---------------------------------------------------------------- import is lazy
 def test_nothing_compiles_at_import():
     code = (

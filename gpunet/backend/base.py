@@ -105,7 +105,7 @@ class Backend:
 
     def fused_epoch_kernel(self):
         """The module of a compiled whole-epoch trainer for dense networks (with
-        ``train_epoch``, ``workspace_size`` and ``LOSS_CODES``; see
+        ``train_epoch``, ``workspace_size``, ``LOSS_CODES`` and ``hardware_flush_active``; see
         ``gpunet.train.fused``), or None when this backend has none."""
         return None
 

@@ -230,7 +230,7 @@ class FusedDenseEngine:
             self.loss_code,
             float(getattr(self.loss, "label_smoothing", 0.0)),
             self.loss.reduction == "mean",
-            self.flush_denormals,
+            self.flush_denormals and not self.kernels.hardware_flush_active(),
         )
         self._store(steps)
         for p in self.params:

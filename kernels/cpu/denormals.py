@@ -40,6 +40,7 @@ __all__ = [
     "flush_denormals",
     "get_flush_denormals",
     "get_mxcsr",
+    "hardware_flush_active",
     "mxcsr_supported",
     "resolve_flush",
     "set_flush_denormals",
@@ -148,6 +149,16 @@ def set_mxcsr(value: int) -> None:
     if not _X86_64:
         raise RuntimeError("MXCSR exists only on x86-64")
     _write_mxcsr(int(value) & 0xFFFF)
+
+
+def hardware_flush_active() -> bool:
+    """Whether FTZ and DAZ are both on for the calling thread. Then no float operation
+    on this thread reads or produces a subnormal, so the per-kernel flush is a no-op a
+    kernel running on this thread may skip (the results are bitwise the same)."""
+    if not _X86_64:
+        return False
+    both = FTZ_BIT | DAZ_BIT
+    return int(_read_mxcsr()) & both == both
 
 
 @contextlib.contextmanager

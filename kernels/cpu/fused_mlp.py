@@ -33,6 +33,7 @@ from gpunet.kernels.cpu.blas import (
     outer_row,
     weight_grad,
 )
+from gpunet.kernels.cpu.denormals import hardware_flush_active  # noqa: F401 (interface)
 from gpunet.kernels.cpu.dense import GELU, _backward_epilogue, _forward_epilogue, _like
 from gpunet.kernels.cpu.softmax_xent import _softmax_xent_rows
 from gpunet.kernels.cpu.update_rules import (
@@ -58,11 +59,16 @@ def _update_outer(kind, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, fir
     to memory."""
     c = typed_coefficients(kind, h, step, first, P[0])
     tiny = _like(tiny, P[0])
+    one = _like(1.0, P[0])
     grow = np.empty(n_in, P.dtype)
     for i in range(n_out):
-        outer_row(dz, a, nb, i, grow)
         lo, hi = off + i * n_in, off + (i + 1) * n_in
-        update_span(kind, P[lo:hi], grow, S1[lo:hi], S2[lo:hi], S3[lo:hi], c, do_flush, tiny)
+        if nb == 1:  # dW[i, :] = dz[0, i] * a[0, :], formed inside the update loop
+            row, scale = a[0], dz[0, i]
+        else:
+            outer_row(dz, a, nb, i, grow)
+            row, scale = grow, one
+        update_span(kind, P[lo:hi], row, scale, S1[lo:hi], S2[lo:hi], S3[lo:hi], c, do_flush, tiny)
 
 
 @njit(cache=True, error_model="numpy")

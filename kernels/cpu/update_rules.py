@@ -146,18 +146,21 @@ def _read(array, k, zero):
 
 
 @njit(inline="always", error_model="numpy")
-def update_span(kind, p_, g_, s1_, s2_, s3_, c, do_flush, tiny):
-    """Apply the rule to every element of the 1-D views ``p_``, ``g_`` (n,) and the
-    state views ``s1_``..``s3_`` (n,, or 0 when the state is absent) with typed
-    coefficients ``c``. The index comes from ``range(n)`` (provably >= 0, no
-    wraparound checks) and every option is a coefficient, so the loop vectorizes."""
+def update_span(kind, p_, g_, g_scale, s1_, s2_, s3_, c, do_flush, tiny):
+    """Apply the rule to every element of the 1-D views ``p_`` (n,) with gradient
+    ``g_[k] * g_scale`` (``g_`` (n,); ``g_scale`` 1 for a stored gradient, or ``dz`` of
+    one row when ``g_`` is that row's input: the single-sample weight gradient, formed
+    where it is used) and the state views ``s1_``..``s3_`` (n,, or 0 when the state is
+    absent) with typed coefficients ``c``. The index comes from ``range(n)`` (provably
+    >= 0, no wraparound checks) and every option is a coefficient, so the loop
+    vectorizes."""
     c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10 = c
     zero = p_[0] - p_[0] if p_.shape[0] else c0 - c0
     for k in range(p_.shape[0]):
         p, s1, s2, s3 = apply_rule(
             kind,
             p_[k],
-            g_[k],
+            g_[k] * g_scale,
             _read(s1_, k, zero),
             _read(s2_, k, zero),
             _read(s3_, k, zero),
@@ -187,7 +190,8 @@ def update_span(kind, p_, g_, s1_, s2_, s3_, c, do_flush, tiny):
 def _update_array(kind, p, g, s1, s2, s3, h, step, first, do_flush):
     like = p[0] if p.shape[0] else g.dtype.type(0)
     c = typed_coefficients(kind, h, step, first, like)
-    update_span(kind, p, g, s1, s2, s3, c, do_flush, _like(np.finfo(p.dtype).tiny, like))
+    one = _like(1.0, like)
+    update_span(kind, p, g, one, s1, s2, s3, c, do_flush, _like(np.finfo(p.dtype).tiny, like))
 
 
 @njit(cache=True, error_model="numpy")
