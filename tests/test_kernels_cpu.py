@@ -389,11 +389,12 @@ def test_optim_rejects_noncontiguous():
 
 
 def test_optim_matches_reference_bitwise():
-    """Same order of operations as gpunet.optim.functional: identical results."""
+    """Same order of operations as gpunet.optim.functional: identical results (every
+    SGD case, so both the general rule and the plain-momentum one are covered)."""
     functional = pytest.importorskip("gpunet.optim.functional")
     rng = np.random.default_rng(5)
     for name, case in [
-        ("sgd", SGD_CASES[-1]),
+        *(("sgd", c) for c in SGD_CASES),
         ("adagrad", ADAGRAD_CASES[-1]),
         ("rmsprop", RMSPROP_CASES[-1]),
         ("adam", ADAM_CASES[-1]),
@@ -412,6 +413,36 @@ def test_optim_matches_reference_bitwise():
                 for s, s_ref in zip(run.state, state_ref):
                     if s is not None:
                         np.testing.assert_array_equal(s, s_ref)
+
+
+def test_plain_momentum_rule_is_chosen_only_when_exact():
+    from gpunet.kernels.cpu.update_rules import (
+        SGD,
+        SGD_MOMENTUM,
+        hyper_row,
+        rule_of,
+        typed_coefficients,
+    )
+
+    def rule(first=False, **options):
+        group = dict(
+            lr=0.1, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False
+        )
+        group.update(options)
+        c = typed_coefficients(SGD, hyper_row("sgd", group), 3, first, np.float32(0))
+        return rule_of(SGD, c)
+
+    assert rule() == SGD_MOMENTUM
+    assert rule(first=True) == SGD_MOMENTUM  # buf = 0 * buf + g: still exact
+    assert rule(first=True, dampening=0.3) == SGD_MOMENTUM  # dampening skips step 1
+    for options in [
+        dict(momentum=0.0),
+        dict(dampening=0.3),
+        dict(nesterov=True),
+        dict(weight_decay=0.01),
+        dict(maximize=True),
+    ]:
+        assert rule(**options) == SGD, options
 
 
 # -------------------------------------------------------------------- denormals

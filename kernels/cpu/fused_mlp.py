@@ -41,6 +41,8 @@ from gpunet.kernels.cpu.update_rules import (
     ADAM,
     RMSPROP,
     SGD,
+    SGD_MOMENTUM,
+    rule_of,
     typed_coefficients,
     update_array,
     update_span,
@@ -52,13 +54,11 @@ LOSS_CODES = {"cross_entropy": CROSS_ENTROPY, "mse": MSE}
 
 # ------------------------------------------------------------------ updates
 @njit(inline="always", error_model="numpy")
-def _update_outer(kind, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first, do_flush, tiny):
+def _update_outer(rule, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny):
     """Update the weight block ``P[off:off + n_out*n_in]`` (row-major (n_out, n_in)) with
     ``dW = dz[:nb].T @ a[:nb]``, one row at a time: the row's gradient is formed in a
-    scratch vector that stays in L1 cache and is applied at once, so ``dW`` never goes
-    to memory."""
-    c = typed_coefficients(kind, h, step, first, P[0])
-    tiny = _like(tiny, P[0])
+    scratch vector that stays in L1 cache (or, for one row, inside the update loop) and
+    applied at once, so ``dW`` never goes to memory."""
     one = _like(1.0, P[0])
     grow = np.empty(n_in, P.dtype)
     for i in range(n_out):
@@ -68,29 +68,26 @@ def _update_outer(kind, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, fir
         else:
             outer_row(dz, a, nb, i, grow)
             row, scale = grow, one
-        update_span(kind, P[lo:hi], row, scale, S1[lo:hi], S2[lo:hi], S3[lo:hi], c, do_flush, tiny)
+        update_span(rule, P[lo:hi], row, scale, S1[lo:hi], S2[lo:hi], S3[lo:hi], c, do_flush, tiny)
 
 
 @njit(cache=True, error_model="numpy")
 def _update_weights_outer(
     kind, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first, do_flush, tiny
 ):
-    if kind == SGD:
-        _update_outer(
-            SGD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first, do_flush, tiny
-        )
-    elif kind == ADAM:
-        _update_outer(
-            ADAM, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first, do_flush, tiny
-        )
-    elif kind == RMSPROP:
-        _update_outer(
-            RMSPROP, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first, do_flush, tiny
-        )
+    c = typed_coefficients(kind, h, step, first, P[0])
+    tiny = _like(tiny, P[0])
+    rule = rule_of(kind, c)
+    if rule == SGD_MOMENTUM:
+        _update_outer(SGD_MOMENTUM, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny)
+    elif rule == SGD:
+        _update_outer(SGD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny)
+    elif rule == ADAM:
+        _update_outer(ADAM, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny)
+    elif rule == RMSPROP:
+        _update_outer(RMSPROP, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny)
     else:
-        _update_outer(
-            ADAGRAD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first, do_flush, tiny
-        )
+        _update_outer(ADAGRAD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny)
 
 
 # ------------------------------------------------------------------- losses
