@@ -14,6 +14,24 @@ from numba import njit
 
 #: up to this many rows, ``dW = dz.T @ a`` is formed row by row (BLAS loses there)
 OUTER_PRODUCT_MAX_ROWS = 4
+#: up to this many rows, ``dx = dz @ W`` is summed one row of ``W`` at a time
+#: (:func:`accumulate_dx`), so the fused epoch can form it in the sweep that updates
+#: ``W`` and read ``W`` once instead of twice
+DX_ROWWISE_MAX_ROWS = 1
+
+
+@njit(inline="always", error_model="numpy")
+def accumulate_dx(dz, w_row, nb, i, out):
+    """Add term ``i`` of ``dz[:nb] @ W`` to ``out``: ``out[b, :] += dz[b, i] * w_row``
+    (assigned when ``i == 0``), ``w_row`` (in,) being row ``i`` of ``W``."""
+    for b in range(nb):
+        d = dz[b, i]
+        if i == 0:
+            for j in range(w_row.shape[0]):
+                out[b, j] = d * w_row[j]
+        else:
+            for j in range(w_row.shape[0]):
+                out[b, j] += d * w_row[j]
 
 
 @njit(inline="always", error_model="numpy")
@@ -37,8 +55,14 @@ def matmul_nt(a, W, out):
 
 @njit(cache=True, error_model="numpy")
 def matmul_nn(dz, W, out):
-    """``out = dz @ W``: dz (N, out), W (out, in) -> out (N, in)."""
-    np.dot(dz, W, out)
+    """``out = dz @ W``: dz (N, out), W (out, in) -> out (N, in); one row of ``W`` at a
+    time (:func:`accumulate_dx`) for ``N <= DX_ROWWISE_MAX_ROWS``, else BLAS."""
+    nb = dz.shape[0]
+    if nb <= DX_ROWWISE_MAX_ROWS:
+        for i in range(W.shape[0]):
+            accumulate_dx(dz, W[i], nb, i, out)
+    else:
+        np.dot(dz, W, out)
 
 
 @njit(cache=True, error_model="numpy")

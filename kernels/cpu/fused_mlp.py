@@ -11,11 +11,14 @@ Per step:
   epilogue (:func:`dense._forward_epilogue`);
 - loss: one pass per row computing the loss, its gradient and the accuracy count;
 - backward, last layer first: fused activation-derivative + bias-gradient pass
-  (:func:`dense._backward_epilogue`), ``da_prev = dz @ W`` by BLAS with the old weights,
-  then the weight update. For small batches (``nb <= OUTER_PRODUCT_MAX_ROWS``) the weight gradient
-  is never materialised: each ``dW[i, j] = sum_b dz[b, i] a[b, j]`` is formed and applied
-  in the same pass that updates ``W``, ``S1``..``S3`` (one sweep over the weights); for
-  larger batches ``dW = dz.T @ a`` goes through BLAS and one sweep updates the layer.
+  (:func:`dense._backward_epilogue`), ``da_prev = dz @ W`` with the old weights, then the
+  weight update. For small batches (``nb <= OUTER_PRODUCT_MAX_ROWS``) the weight
+  gradient is never materialised: each ``dW[i, j] = sum_b dz[b, i] a[b, j]`` is formed
+  and applied in the same pass that updates ``W``, ``S1``..``S3`` (one sweep over the
+  weights), and for a single row (``DX_ROWWISE_MAX_ROWS``) that sweep also sums
+  ``da_prev`` from each row before updating it, so ``W`` is read once; for larger
+  batches ``da_prev`` and ``dW = dz.T @ a`` go through BLAS and one sweep updates the
+  layer.
 
 Layer table ``layers`` (L, 5) int64: ``n_in, n_out, w_param, b_param (-1: none), act``.
 Parameter table ``params`` (K, 2) int64: ``offset, size`` into ``P``.
@@ -27,7 +30,9 @@ import numpy as np
 from numba import njit
 
 from gpunet.kernels.cpu.blas import (
+    DX_ROWWISE_MAX_ROWS,
     OUTER_PRODUCT_MAX_ROWS,
+    accumulate_dx,
     matmul_nn,
     matmul_nt,
     outer_row,
@@ -54,15 +59,19 @@ LOSS_CODES = {"cross_entropy": CROSS_ENTROPY, "mse": MSE}
 
 # ------------------------------------------------------------------ updates
 @njit(inline="always", error_model="numpy")
-def _update_outer(rule, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny):
+def _update_outer(rule, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx):
     """Update the weight block ``P[off:off + n_out*n_in]`` (row-major (n_out, n_in)) with
     ``dW = dz[:nb].T @ a[:nb]``, one row at a time: the row's gradient is formed in a
     scratch vector that stays in L1 cache (or, for one row, inside the update loop) and
-    applied at once, so ``dW`` never goes to memory."""
+    applied at once, so ``dW`` never goes to memory. With ``with_dx``, also
+    ``dx = dz[:nb] @ W`` (nb, n_in) from each row before its update, as
+    :func:`blas.matmul_nn` sums it."""
     one = _like(1.0, P[0])
     grow = np.empty(n_in, P.dtype)
     for i in range(n_out):
         lo, hi = off + i * n_in, off + (i + 1) * n_in
+        if with_dx:
+            accumulate_dx(dz, P[lo:hi], nb, i, dx)
         if nb == 1:  # dW[i, :] = dz[0, i] * a[0, :], formed inside the update loop
             row, scale = a[0], dz[0, i]
         else:
@@ -73,21 +82,31 @@ def _update_outer(rule, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush,
 
 @njit(cache=True, error_model="numpy")
 def _update_weights_outer(
-    kind, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first, do_flush, tiny
+    kind, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first, do_flush, tiny, dx, with_dx
 ):
     c = typed_coefficients(kind, h, step, first, P[0])
     tiny = _like(tiny, P[0])
     rule = rule_of(kind, c)
     if rule == SGD_MOMENTUM:
-        _update_outer(SGD_MOMENTUM, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny)
+        _update_outer(
+            SGD_MOMENTUM, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx
+        )
     elif rule == SGD:
-        _update_outer(SGD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny)
+        _update_outer(
+            SGD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx
+        )
     elif rule == ADAM:
-        _update_outer(ADAM, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny)
+        _update_outer(
+            ADAM, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx
+        )
     elif rule == RMSPROP:
-        _update_outer(RMSPROP, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny)
+        _update_outer(
+            RMSPROP, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx
+        )
     else:
-        _update_outer(ADAGRAD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny)
+        _update_outer(
+            ADAGRAD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx
+        )
 
 
 # ------------------------------------------------------------------- losses
@@ -267,8 +286,11 @@ def train_epoch(
             db = G[b_off : b_off + n_out] if bp >= 0 else db_scratch[l]
             _backward_epilogue(dz, saved[l][:nb], dz, db, act)
             a_in = xb if l == 0 else acts[l - 1][:nb]
-            if l > 0:
-                matmul_nn(dz, W, grads[l - 1][:nb])
+            # dx with the old weights: inside the weight sweep when it is summed row by row
+            dx = grads[l - 1][:nb] if l > 0 else dz
+            dx_in_sweep = l > 0 and nb <= DX_ROWWISE_MAX_ROWS and nb <= OUTER_PRODUCT_MAX_ROWS
+            if l > 0 and not dx_in_sweep:
+                matmul_nn(dz, W, dx)
             steps[wp] += 1
             if nb <= OUTER_PRODUCT_MAX_ROWS:
                 _update_weights_outer(
@@ -288,6 +310,8 @@ def train_epoch(
                     firsts[wp] != 0,
                     do_flush,
                     dtype_tiny,
+                    dx,
+                    dx_in_sweep,
                 )
             else:
                 Gw = G[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
