@@ -117,6 +117,23 @@ def test_dense_backward(shape, act, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("act", ACTS)
+def test_backward_epilogue_in_place_matches_out_of_place(act, dtype):
+    """The fused epoch turns dy into dz in place; that path must give the same bits."""
+    from gpunet.kernels.cpu.dense import _backward_epilogue, activation_code
+
+    rng = np.random.default_rng(11)
+    dy = rng.standard_normal((37, 19)).astype(dtype)
+    saved = rng.standard_normal((37, 19)).astype(dtype)
+    dz, db = np.empty_like(dy), np.empty(19, dtype)
+    _backward_epilogue(dy, saved, dz, db, activation_code(act))
+    in_place, db_in_place = dy.copy(), np.empty(19, dtype)
+    _backward_epilogue(in_place, saved, in_place, db_in_place, activation_code(act))
+    np.testing.assert_array_equal(db_in_place, db)
+    np.testing.assert_array_equal(in_place, dy if act == "linear" else dz)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_dense_backward_no_dx_and_roundtrip(dtype):
     """need_dx=False gives dx None; saved from the kernel's own forward works (GELU)."""
     x, W, b, dy = _dense_inputs((9, 11, 6), dtype, seed=7)

@@ -347,11 +347,8 @@ def _forward_epilogue(y, b, saved, code):
         _forward_loop(y, b, saved, LINEAR)
 
 
-@njit(cache=True, error_model="numpy")
-def _backward_epilogue(dy, saved, dz, db, code):
-    """``dz = act'(saved) * dy`` (N, M) and ``db = dz.sum(0)`` (M,) in one pass; the column
-    sums accumulate in float64. For LINEAR ``dz`` is not written (the caller uses ``dy``)."""
-    acc = np.zeros(dy.shape[1], np.float64)
+@njit(inline="always", error_model="numpy")
+def _backward_dispatch(dy, saved, dz, acc, code):
     if code == RELU:
         _backward_loop(dy, saved, dz, acc, RELU)
     elif code == LEAKY_RELU:
@@ -364,6 +361,21 @@ def _backward_epilogue(dy, saved, dz, db, code):
         _backward_loop(dy, saved, dz, acc, GELU)
     else:
         _backward_loop(dy, saved, dz, acc, LINEAR)
+
+
+@njit(cache=True, error_model="numpy")
+def _backward_epilogue(dy, saved, dz, db, code):
+    """``dz = act'(saved) * dy`` (N, M) and ``db = dz.sum(0)`` (M,) in one pass; the column
+    sums accumulate in float64. For LINEAR ``dz`` is not written (the caller uses ``dy``).
+    ``dz`` may be ``dy`` itself (in place)."""
+    acc = np.zeros(dy.shape[1], np.float64)
+    if dz.ctypes.data == dy.ctypes.data:
+        # in place: pass one array for both, so the loop vectorizes (two pointers to the
+        # same memory fail LLVM's runtime overlap check and run the scalar loop, 3-4x
+        # slower)
+        _backward_dispatch(dy, saved, dy, acc, code)
+    else:
+        _backward_dispatch(dy, saved, dz, acc, code)
     for j in range(acc.shape[0]):
         db[j] = acc[j]
 
