@@ -150,14 +150,16 @@ def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eva
         peer.setup(optimizer, np.float32)
         if batch_size < len(y):  # a full-batch step is too costly to repeat untimed
             peer.train(X[: 2 * batch_size], y[: 2 * batch_size], batch_size)
-    # Each peer's repeats run as one block after a pause. Interleaving peers would let
-    # one framework's idle worker threads (PyTorch's OpenMP pool spin-waits after each
-    # op by default) steal the cores another framework's BLAS threads are using: on 2
-    # cores that slowed gpunet's BLAS-bound rows up to 4x, which no user sees.
+    # Peers take turns, one repeat each, every turn after a pause. Turns: a slow spell of
+    # this kind of shared VM (its 2-thread BLAS rate can halve for minutes) then hits
+    # every framework alike instead of whichever happened to run in it. The pause: the
+    # previous peer's idle worker threads (PyTorch's OpenMP pool spin-waits after each op
+    # by default, OpenBLAS's for up to ~0.4 s) go to sleep before the next peer runs;
+    # back to back on 2 cores they stole the cores of its BLAS threads (up to 4x slower).
     times = {peer.key: [] for peer in row_peers}
-    for peer in row_peers:
-        time.sleep(PAUSE_BETWEEN_PEERS_S)
-        for _ in range(args.repeats):
+    for _ in range(args.repeats):
+        for peer in row_peers:
+            time.sleep(PAUSE_BETWEEN_PEERS_S)
             times[peer.key].append(time_train(peer, X[:n_slice], y[:n_slice], batch_size))
     results = []
     for peer in row_peers:
@@ -397,7 +399,7 @@ def parse_args(argv=None):
         default=[1, 8],
         help="SGD batch sizes where gpunet also runs with flush_denormals=False",
     )
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument(
         "--target-seconds",
         type=float,

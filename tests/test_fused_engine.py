@@ -14,6 +14,7 @@ TOLERANCE = {np.float64: 1e-10, np.float32: 1e-5}
 
 OPTIMIZERS = {
     "sgd": lambda p: optim.SGD(p, lr=0.05),
+    "sgd_momentum": lambda p: optim.SGD(p, lr=0.05, momentum=0.9),
     "sgd_momentum_dampening": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, dampening=0.3),
     "sgd_nesterov_wd_maximize": lambda p: optim.SGD(
         p, lr=0.002, momentum=0.8, nesterov=True, weight_decay=0.01, maximize=True
@@ -126,6 +127,30 @@ def test_switching_paths_mid_training_continues_the_same_trajectory():
         X, y, epochs=1, batch_size=4, shuffle=False
     )
     assert_close(ref.state_dict(), mixed.state_dict(), 1e-10, "weight")
+
+
+def test_hyperparameters_changed_between_fits_reach_the_fused_engine():
+    """Turning amsgrad on between fits makes the fused engine keep max_exp_avg_sq (a state
+    slot it leaves empty while no group needs it), as the autograd path does."""
+    X, y = make_data(np.float64, "ce_mean")
+    models = []
+    for engine in ("autograd", "fused"):
+        model = make_model(np.float64)
+        opt = optim.Adam(model.parameters(), lr=0.01)
+        trainer = Trainer(
+            model, nn.CrossEntropyLoss(), opt, engine=engine, progress=False, verbose=0
+        )
+        trainer.fit(X, y, epochs=1, batch_size=4, shuffle=False)
+        assert all("max_exp_avg_sq" not in opt.state[p] for p in model.parameters())
+        for group in opt.param_groups:
+            group["amsgrad"] = True
+        trainer.fit(X, y, epochs=2, batch_size=4, shuffle=False)
+        assert all("max_exp_avg_sq" in opt.state[p] for p in model.parameters())
+        models.append((model, opt))
+    (ref, ref_opt), (fused, opt) = models
+    assert_close(ref.state_dict(), fused.state_dict(), 1e-10, "weight")
+    for p_ref, p in zip(ref.parameters(), fused.parameters()):
+        assert_close(dict(ref_opt.state[p_ref]), dict(opt.state[p]), 1e-9, "optimizer state")
 
 
 def test_early_stopping_and_scheduler_behave_the_same_on_both_engines():

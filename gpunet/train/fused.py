@@ -144,7 +144,17 @@ class FusedDenseEngine:
         total = int(sizes.sum())
         self.P = np.empty(total, dtype)
         self.G = np.zeros(total, dtype)
-        self.S = [np.zeros(total, dtype) for _ in range(3)]
+        # state slots no parameter group uses stay empty: the kernels then neither read
+        # nor write them (Adam without amsgrad would otherwise stream a third buffer)
+        self.S = [
+            np.zeros(total if self._slot_used(key) else 0, dtype)
+            for key in STATE_SLOTS[self.opt_name]
+        ]
+
+    def _slot_used(self, key) -> bool:
+        return key is not None and any(
+            _state_kept(self.opt_name, key, group) for group in self.optimizer.param_groups
+        )
 
     # ----------------------------------------------------------- state sync
     def _views(self, buffer, k):
@@ -160,6 +170,9 @@ class FusedDenseEngine:
         steps = np.zeros(K, np.int64)
         firsts = np.zeros(K, np.int64)
         slots = STATE_SLOTS[self.opt_name]
+        for i, key in enumerate(slots):  # hyperparameters may have changed since __init__
+            if (self.S[i].size != 0) != self._slot_used(key):
+                self.S[i] = np.zeros(self.P.size if self._slot_used(key) else 0, self.P.dtype)
         for k, p in enumerate(self.params):
             group = self.group_of[id(p)]
             H[k] = hyper_row(self.opt_name, group)  # Adam reads decoupled_weight_decay
@@ -167,6 +180,8 @@ class FusedDenseEngine:
             state = self.optimizer.state[p]
             steps[k] = int(state.get("step", 0))
             for slot, key in zip(self.S, slots):
+                if slot.size == 0:
+                    continue
                 value = state.get(key) if key else None
                 if value is None:
                     self._views(slot, k)[...] = 0
@@ -188,7 +203,7 @@ class FusedDenseEngine:
             if self.opt_name != "sgd":
                 state["step"] = int(steps[k])
             for slot, key in zip(self.S, slots):
-                if key is None or not _state_kept(self.opt_name, key, group):
+                if slot.size == 0 or not _state_kept(self.opt_name, key, group):
                     continue
                 if state.get(key) is not None:
                     state[key][...] = self._views(slot, k)
