@@ -407,14 +407,14 @@ def test_optim_rejects_noncontiguous():
 
 def test_optim_matches_reference_bitwise():
     """Same order of operations as gpunet.optim.functional: identical results (every
-    SGD case, so both the general rule and the plain-momentum one are covered)."""
+    SGD and Adam case, so the general rules and the plain ones are covered)."""
     functional = pytest.importorskip("gpunet.optim.functional")
     rng = np.random.default_rng(5)
     for name, case in [
         *(("sgd", c) for c in SGD_CASES),
         ("adagrad", ADAGRAD_CASES[-1]),
         ("rmsprop", RMSPROP_CASES[-1]),
-        ("adam", ADAM_CASES[-1]),
+        *(("adam", c) for c in ADAM_CASES),
     ]:
         for dtype in DTYPES:
             run = _Run(name, case, (5, 6), dtype)
@@ -432,8 +432,10 @@ def test_optim_matches_reference_bitwise():
                         np.testing.assert_array_equal(s, s_ref)
 
 
-def test_plain_momentum_rule_is_chosen_only_when_exact():
+def test_plain_rules_are_chosen_only_when_exact():
     from gpunet.kernels.cpu.update_rules import (
+        ADAM,
+        ADAM_PLAIN,
         SGD,
         SGD_MOMENTUM,
         hyper_row,
@@ -460,6 +462,22 @@ def test_plain_momentum_rule_is_chosen_only_when_exact():
         dict(maximize=True),
     ]:
         assert rule(**options) == SGD, options
+
+    def adam_rule(**options):
+        group = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False)
+        group.update(options)
+        c = typed_coefficients(ADAM, hyper_row("adam", group), 3, False, np.float32(0))
+        return rule_of(ADAM, c)
+
+    assert adam_rule() == ADAM_PLAIN
+    assert adam_rule(decoupled_weight_decay=True) == ADAM_PLAIN  # decay 1 - lr * 0 = 1
+    for options in [
+        dict(weight_decay=0.01),
+        dict(weight_decay=0.01, decoupled_weight_decay=True),
+        dict(amsgrad=True),
+        dict(maximize=True),
+    ]:
+        assert adam_rule(**options) == ADAM, options
 
 
 # -------------------------------------------------------------------- denormals

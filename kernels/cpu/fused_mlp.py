@@ -44,6 +44,7 @@ from gpunet.kernels.cpu.softmax_xent import _softmax_xent_rows
 from gpunet.kernels.cpu.update_rules import (
     ADAGRAD,
     ADAM,
+    ADAM_PLAIN,
     RMSPROP,
     SGD,
     SGD_MOMENTUM,
@@ -94,6 +95,10 @@ def _update_weights_outer(
     elif rule == SGD:
         _update_outer(
             SGD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx
+        )
+    elif rule == ADAM_PLAIN:
+        _update_outer(
+            ADAM_PLAIN, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx
         )
     elif rule == ADAM:
         _update_outer(

@@ -38,6 +38,8 @@ OPTIMIZER_CODES = {"sgd": SGD, "adam": ADAM, "rmsprop": RMSPROP, "adagrad": ADAG
 #: per step by :func:`rule_of`, it skips the general rule's no-op terms (about 20% of a
 #: memory-bound sweep)
 SGD_MOMENTUM = 4
+#: internal rule: Adam with no weight decay, amsgrad or maximize (see :func:`rule_of`)
+ADAM_PLAIN = 5
 N_HYPER = 8
 
 
@@ -92,6 +94,10 @@ def apply_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c
     if kind == SGD_MOMENTUM:  # the SGD rule with c0 = c3 = c5 = 1, c1 = c4 = 0
         buf = s1 * c2 + g
         return p - buf * c6, buf, s2, s3
+    if kind == ADAM_PLAIN:  # the Adam rule with c0 = c2 = 1, c1 = c10 = 0
+        m = _lerp(s1, g, c3, c4)
+        v = s2 * c5 + (g * c6) * g
+        return p - (m / (math.sqrt(v) / c8 + c9)) * c7, m, v, s3
     d = c0 * g + p * c1
     if kind == SGD:
         buf = s1 * c2 + d * c3
@@ -122,13 +128,15 @@ def rule_of(kind, c):
     ``* 1``, ``0 * d +``; they change at most the sign of a zero), else ``kind``."""
     if kind == SGD and c[0] == 1 and c[1] == 0 and c[3] == 1 and c[4] == 0 and c[5] == 1:
         return SGD_MOMENTUM
+    if kind == ADAM and c[0] == 1 and c[1] == 0 and c[2] == 1 and c[10] == 0:
+        return ADAM_PLAIN
     return kind
 
 
 @njit(inline="always", error_model="numpy")
 def uses_slots_2_3(kind):
     """Whether the rule keeps state in s2/s3 (else the caller skips those arrays)."""
-    return kind == ADAM or kind == RMSPROP
+    return kind == ADAM or kind == ADAM_PLAIN or kind == RMSPROP
 
 
 @njit(inline="always", error_model="numpy")
@@ -200,7 +208,7 @@ def update_span(kind, p_, g_, g_scale, s1_, s2_, s3_, c, do_flush, tiny):
         if uses_slots_2_3(kind):
             if s2_.shape[0] != 0:
                 s2_[k] = flush(s2, tiny) if do_flush else s2
-            if s3_.shape[0] != 0:
+            if s3_.shape[0] != 0 and kind != ADAM_PLAIN:
                 s3_[k] = flush(s3, tiny) if do_flush else s3
 
 
@@ -217,6 +225,8 @@ def update_array(kind, p, g, s1, s2, s3, h, step, first, do_flush):
         update_span(SGD_MOMENTUM, p, g, one, s1, s2, s3, c, do_flush, tiny)
     elif rule == SGD:
         update_span(SGD, p, g, one, s1, s2, s3, c, do_flush, tiny)
+    elif rule == ADAM_PLAIN:
+        update_span(ADAM_PLAIN, p, g, one, s1, s2, s3, c, do_flush, tiny)
     elif rule == ADAM:
         update_span(ADAM, p, g, one, s1, s2, s3, c, do_flush, tiny)
     elif rule == RMSPROP:
