@@ -129,6 +129,29 @@ def test_switching_paths_mid_training_continues_the_same_trajectory():
     assert_close(ref.state_dict(), mixed.state_dict(), 1e-10, "weight")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("batch_size", [1, 5, 16, 22])
+@pytest.mark.parametrize("opt_name", ["sgd_momentum", "adam", "adam_amsgrad_wd"])
+def test_wide_layers_match_autograd(opt_name, batch_size, dtype):
+    """Layers wider than one block of the blocked weight gradient (32 rows), with a
+    partial last block, on every weight-update regime (1 row, 2-16 rows, more)."""
+    X, y = make_data(dtype, "ce_mean")
+    results = []
+    for engine in ("autograd", "fused"):
+        gpunet.manual_seed(7)
+        model = nn.Sequential(
+            nn.Dense(N_FEATURES, 70, "relu"), nn.Dense(70, 33, "tanh"), nn.Dense(33, N_CLASSES)
+        ).to(dtype=dtype)
+        opt = OPTIMIZERS[opt_name](model.parameters())
+        trainer = Trainer(
+            model, nn.CrossEntropyLoss(), opt, engine=engine, progress=False, verbose=0
+        )
+        trainer.fit(X, y, epochs=2, batch_size=batch_size, seed=3)
+        assert trainer.engine_name == engine
+        results.append(model.state_dict())
+    assert_close(results[0], results[1], TOLERANCE[dtype], "weight")
+
+
 def test_hyperparameters_changed_between_fits_reach_the_fused_engine():
     """Turning amsgrad on between fits makes the fused engine keep max_exp_avg_sq (a state
     slot it leaves empty while no group needs it), as the autograd path does."""

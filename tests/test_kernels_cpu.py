@@ -38,7 +38,19 @@ ACTS = ["linear", "relu", "leaky_relu", "sigmoid", "tanh", "gelu"]
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 # (N, in, out): batch 1, width 1, sizes that are multiples of nothing
-DENSE_SHAPES = [(1, 1, 1), (1, 7, 3), (7, 13, 5), (5, 1, 9), (16, 33, 1), (3, 64, 17)]
+# (batch, in, out): one row, blocked dW (2-16 rows; out > 32 spans several blocks, the
+# last one partial) and one BLAS product (17+ rows)
+DENSE_SHAPES = [
+    (1, 1, 1),
+    (1, 7, 3),
+    (7, 13, 5),
+    (5, 1, 9),
+    (16, 33, 1),
+    (3, 64, 17),
+    (5, 9, 70),
+    (16, 3, 33),
+    (17, 4, 40),
+]
 
 
 def assert_close(actual, expected, rtol, scale=0.0):

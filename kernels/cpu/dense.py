@@ -9,8 +9,8 @@ Same contract as :meth:`gpunet.backend.base.Backend.dense_forward` /
   in the same pass).
 * backward: ONE Numba pass computes ``dz = act'(saved) * dy`` and the bias gradient
   ``db = dz.sum(0)`` (accumulated in float64), then ``dW = dz.T @ x`` and
-  ``dx = dz @ W`` by BLAS (for batch 1, ``dW`` is an outer product done by a small
-  Numba kernel: NumPy's matmul takes a slow non-BLAS loop for that shape).
+  ``dx = dz @ W`` by the :mod:`blas` products the fused epoch uses (BLAS, except for
+  one-row batches, and in row blocks for small ones).
 
 The activation is an integer code (:data:`ACTIVATION_CODES`). The scalar math of each
 activation is written once (``_act_forward`` / ``_act_backward``, generic over float32

@@ -12,13 +12,12 @@ Per step:
 - loss: one pass per row computing the loss, its gradient and the accuracy count;
 - backward, last layer first: fused activation-derivative + bias-gradient pass
   (:func:`dense._backward_epilogue`), ``da_prev = dz @ W`` with the old weights, then the
-  weight update. For small batches (``nb <= OUTER_PRODUCT_MAX_ROWS``) the weight
-  gradient is never materialised: each ``dW[i, j] = sum_b dz[b, i] a[b, j]`` is formed
-  and applied in the same pass that updates ``W``, ``S1``..``S3`` (one sweep over the
-  weights), and for a single row (``DX_ROWWISE_MAX_ROWS``) that sweep also sums
-  ``da_prev`` from each row before updating it, so ``W`` is read once; for larger
-  batches ``da_prev`` and ``dW = dz.T @ a`` go through BLAS and one sweep updates the
-  layer.
+  weight update. One-row batches: each ``dW[i, :] = dz[0, i] a[0, :]`` is formed inside
+  the sweep that updates ``W``, ``S1``..``S3`` row by row, and the same sweep sums
+  ``da_prev`` from each row before updating it, so ``W`` is read once and ``dW`` never
+  goes to memory. Up to ``BLOCKED_DW_MAX_ROWS`` rows: ``dW`` by BLAS in blocks of rows,
+  each applied while in cache. Larger batches: ``da_prev`` and ``dW = dz.T @ a`` by
+  BLAS, then one sweep updates the layer.
 
 Layer table ``layers`` (L, 5) int64: ``n_in, n_out, w_param, b_param (-1: none), act``.
 Parameter table ``params`` (K, 2) int64: ``offset, size`` into ``P``.
@@ -30,13 +29,13 @@ import numpy as np
 from numba import njit
 
 from gpunet.kernels.cpu.blas import (
-    DX_ROWWISE_MAX_ROWS,
-    OUTER_PRODUCT_MAX_ROWS,
+    BLOCKED_DW_MAX_ROWS,
+    WEIGHT_GRAD_BLOCK_ROWS,
     accumulate_dx,
     matmul_nn,
     matmul_nt,
-    outer_row,
     weight_grad,
+    weight_grad_block,
 )
 from gpunet.kernels.cpu.denormals import hardware_flush_active  # noqa: F401 (interface)
 from gpunet.kernels.cpu.dense import GELU, _backward_epilogue, _forward_epilogue, _like
@@ -60,57 +59,79 @@ LOSS_CODES = {"cross_entropy": CROSS_ENTROPY, "mse": MSE}
 
 # ------------------------------------------------------------------ updates
 @njit(inline="always", error_model="numpy")
-def _update_outer(rule, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx):
-    """Update the weight block ``P[off:off + n_out*n_in]`` (row-major (n_out, n_in)) with
-    ``dW = dz[:nb].T @ a[:nb]``, one row at a time: the row's gradient is formed in a
-    scratch vector that stays in L1 cache (or, for one row, inside the update loop) and
-    applied at once, so ``dW`` never goes to memory. With ``with_dx``, also
-    ``dx = dz[:nb] @ W`` (nb, n_in) from each row before its update, as
-    :func:`blas.matmul_nn` sums it."""
-    one = _like(1.0, P[0])
-    grow = np.empty(n_in, P.dtype)
+def _update_rowwise(rule, P, S1, S2, S3, off, dz, a, n_out, n_in, c, do_flush, tiny, dx, with_dx):
+    """One-row batch: update the weight block ``P[off:off + n_out*n_in]`` (row-major
+    (n_out, n_in)) one row at a time with ``dW[i, :] = dz[0, i] * a[0, :]``, formed inside
+    the update loop, so ``dW`` never goes to memory. With ``with_dx``, also
+    ``dx = dz @ W`` (1, n_in) from each row before its update, as
+    :func:`blas.matmul_nn` sums it: each weight is read once per step."""
     for i in range(n_out):
         lo, hi = off + i * n_in, off + (i + 1) * n_in
         if with_dx:
-            accumulate_dx(dz, P[lo:hi], nb, i, dx)
-        if nb == 1:  # dW[i, :] = dz[0, i] * a[0, :], formed inside the update loop
-            row, scale = a[0], dz[0, i]
-        else:
-            outer_row(dz, a, nb, i, grow)
-            row, scale = grow, one
-        update_span(rule, P[lo:hi], row, scale, S1[lo:hi], S2[lo:hi], S3[lo:hi], c, do_flush, tiny)
+            accumulate_dx(dz, P[lo:hi], i, dx)
+        update_span(
+            rule, P[lo:hi], a[0], dz[0, i], S1[lo:hi], S2[lo:hi], S3[lo:hi], c, do_flush, tiny
+        )
 
 
 @njit(cache=True, error_model="numpy")
-def _update_weights_outer(
-    kind, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, h, step, first, do_flush, tiny, dx, with_dx
+def _update_weights_rowwise(
+    kind, P, S1, S2, S3, off, dz, a, n_out, n_in, h, step, first, do_flush, tiny, dx, with_dx
 ):
     c = typed_coefficients(kind, h, step, first, P[0])
     tiny = _like(tiny, P[0])
     rule = rule_of(kind, c)
+    # each branch passes a literal rule, so each sweep is compiled for its rule alone
     if rule == SGD_MOMENTUM:
-        _update_outer(
-            SGD_MOMENTUM, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx
+        _update_rowwise(
+            SGD_MOMENTUM, P, S1, S2, S3, off, dz, a, n_out, n_in, c, do_flush, tiny, dx, with_dx
         )
     elif rule == SGD:
-        _update_outer(
-            SGD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx
-        )
+        _update_rowwise(SGD, P, S1, S2, S3, off, dz, a, n_out, n_in, c, do_flush, tiny, dx, with_dx)
     elif rule == ADAM_PLAIN:
-        _update_outer(
-            ADAM_PLAIN, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx
+        _update_rowwise(
+            ADAM_PLAIN, P, S1, S2, S3, off, dz, a, n_out, n_in, c, do_flush, tiny, dx, with_dx
         )
     elif rule == ADAM:
-        _update_outer(
-            ADAM, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx
+        _update_rowwise(
+            ADAM, P, S1, S2, S3, off, dz, a, n_out, n_in, c, do_flush, tiny, dx, with_dx
         )
     elif rule == RMSPROP:
-        _update_outer(
-            RMSPROP, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx
+        _update_rowwise(
+            RMSPROP, P, S1, S2, S3, off, dz, a, n_out, n_in, c, do_flush, tiny, dx, with_dx
         )
     else:
-        _update_outer(
-            ADAGRAD, P, S1, S2, S3, off, dz, a, nb, n_out, n_in, c, do_flush, tiny, dx, with_dx
+        _update_rowwise(
+            ADAGRAD, P, S1, S2, S3, off, dz, a, n_out, n_in, c, do_flush, tiny, dx, with_dx
+        )
+
+
+@njit(cache=True, error_model="numpy")
+def _update_weights_blas(kind, P, G, S1, S2, S3, off, dz, a, dz_t, h, step, first, do_flush):
+    """Update the weight block ``P[off:off + n_out*n_in]`` with ``dW = dz.T @ a`` by BLAS
+    (dz (nb, n_out), a (nb, n_in), nb > 1), written to ``G`` at the same offset. Up to
+    ``BLOCKED_DW_MAX_ROWS`` rows, block by block (``dz_t``: scratch of at least
+    n_out * nb elements for ``dz.T``): each block of ``dW`` is applied while in cache."""
+    nb, n_out = dz.shape
+    n_in = a.shape[1]
+    Gw = G[off : off + n_out * n_in].reshape((n_out, n_in))
+    if nb <= BLOCKED_DW_MAX_ROWS:
+        dzT = dz_t[: n_out * nb].reshape((n_out, nb))
+        for r in range(nb):
+            for i in range(n_out):
+                dzT[i, r] = dz[r, i]
+        for r0 in range(0, n_out, WEIGHT_GRAD_BLOCK_ROWS):
+            r1 = min(n_out, r0 + WEIGHT_GRAD_BLOCK_ROWS)
+            weight_grad_block(dzT, a, Gw, r0, r1)
+            lo, hi = off + r0 * n_in, off + r1 * n_in
+            update_array(
+                kind, P[lo:hi], G[lo:hi], S1[lo:hi], S2[lo:hi], S3[lo:hi], h, step, first, do_flush
+            )
+    else:
+        weight_grad(dz, a, Gw)
+        lo, hi = off, off + n_out * n_in
+        update_array(
+            kind, P[lo:hi], G[lo:hi], S1[lo:hi], S2[lo:hi], S3[lo:hi], h, step, first, do_flush
         )
 
 
@@ -239,6 +260,8 @@ def train_epoch(
         else:
             zero_biases.append(zero_bias)
             db_scratch.append(zero_bias)
+    # dz.T of one layer, for the blocked weight gradient of small batches
+    dz_t = np.empty(layers[:, 1].max() * min(batch_size, BLOCKED_DW_MAX_ROWS), P.dtype)
     loss_rows = np.empty(batch_size, P.dtype)
     loss_sum = 0.0
     correct = 0
@@ -291,14 +314,13 @@ def train_epoch(
             db = G[b_off : b_off + n_out] if bp >= 0 else db_scratch[l]
             _backward_epilogue(dz, saved[l][:nb], dz, db, act)
             a_in = xb if l == 0 else acts[l - 1][:nb]
-            # dx with the old weights: inside the weight sweep when it is summed row by row
+            # dx with the old weights (one-row batches: inside the weight sweep)
             dx = grads[l - 1][:nb] if l > 0 else dz
-            dx_in_sweep = l > 0 and nb <= DX_ROWWISE_MAX_ROWS and nb <= OUTER_PRODUCT_MAX_ROWS
-            if l > 0 and not dx_in_sweep:
+            if l > 0 and nb > 1:
                 matmul_nn(dz, W, dx)
             steps[wp] += 1
-            if nb <= OUTER_PRODUCT_MAX_ROWS:
-                _update_weights_outer(
+            if nb == 1:
+                _update_weights_rowwise(
                     opt_kind,
                     P,
                     S1,
@@ -307,7 +329,6 @@ def train_epoch(
                     w_off,
                     dz,
                     a_in,
-                    nb,
                     n_out,
                     n_in,
                     H[wp],
@@ -316,18 +337,20 @@ def train_epoch(
                     do_flush,
                     dtype_tiny,
                     dx,
-                    dx_in_sweep,
+                    l > 0,
                 )
             else:
-                Gw = G[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
-                weight_grad(dz, a_in, Gw)
-                update_array(
+                _update_weights_blas(
                     opt_kind,
-                    P[w_off : w_off + n_out * n_in],
-                    G[w_off : w_off + n_out * n_in],
-                    S1[w_off : w_off + n_out * n_in],
-                    S2[w_off : w_off + n_out * n_in],
-                    S3[w_off : w_off + n_out * n_in],
+                    P,
+                    G,
+                    S1,
+                    S2,
+                    S3,
+                    w_off,
+                    dz,
+                    a_in,
+                    dz_t,
                     H[wp],
                     steps[wp],
                     firsts[wp] != 0,
