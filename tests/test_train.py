@@ -295,3 +295,24 @@ def test_synthetic_classification_learns():
         verbose=0,
     )
     assert history.history["accuracy"][-1] > 0.6
+
+
+def test_small_batches_run_blas_on_one_thread_during_the_epoch():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from gpunet.backend import get_backend
+    from gpunet.kernels.cpu import blas
+
+    backend = get_backend("cpu")
+
+    def blas_threads():
+        return [
+            i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
+        ]
+
+    with backend.epoch_context(blas.ONE_BLAS_THREAD_MAX_ROWS):
+        inside = blas_threads()
+    before = blas_threads()
+    assert inside and all(n == 1 for n in inside)
+    with backend.epoch_context(blas.ONE_BLAS_THREAD_MAX_ROWS + 1):
+        assert blas_threads() == before
+    assert blas_threads() == before

@@ -103,6 +103,11 @@ class Backend:
             dlogits *= grad_scale
         return losses.astype(logits.dtype, copy=False), dlogits.astype(logits.dtype, copy=False)
 
+    def epoch_context(self, batch_size: int):
+        """Context manager around one training epoch in batches of ``batch_size`` (the
+        CPU backend runs the small products of small batches on one BLAS thread)."""
+        return contextlib.nullcontext()
+
     def fused_epoch_kernel(self):
         """The module of a compiled whole-epoch trainer for dense networks (with
         ``train_epoch``, ``workspace_size``, ``LOSS_CODES`` and ``hardware_flush_active``; see

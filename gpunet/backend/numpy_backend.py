@@ -51,6 +51,13 @@ class NumpyBackend(Backend):
 
         return optim_updates.fused_update(optimizer_name)
 
+    def epoch_context(self, batch_size: int):
+        from gpunet.kernels.cpu import blas  # noqa: PLC0415
+
+        if batch_size <= blas.ONE_BLAS_THREAD_MAX_ROWS:
+            return blas.one_blas_thread()
+        return super().epoch_context(batch_size)
+
     def fused_epoch_kernel(self):
         from gpunet.kernels.cpu import fused_mlp  # noqa: PLC0415
 

@@ -229,7 +229,8 @@ class Trainer:
                     file=sys.stderr,
                 ) as bar:
                     on_batch = self._batch_hook(bar, batch_size, n)
-                    loss_sum, correct = engine.train_epoch(Xe, Ye, batch_size, on_batch)
+                    with self.backend.epoch_context(batch_size):
+                        loss_sum, correct = engine.train_epoch(Xe, Ye, batch_size, on_batch)
                     bar.update(n - bar.n)
                 logs = {"loss": loss_sum / n}
                 if correct is not None:
