@@ -144,12 +144,7 @@ class FusedDenseEngine:
         total = int(sizes.sum())
         self.P = np.empty(total, dtype)
         self.G = np.zeros(total, dtype)
-        # state slots no parameter group uses stay empty: the kernels then neither read
-        # nor write them (Adam without amsgrad would otherwise stream a third buffer)
-        self.S = [
-            np.zeros(total if self._slot_used(key) else 0, dtype)
-            for key in STATE_SLOTS[self.opt_name]
-        ]
+        self.S = [np.zeros(0, dtype) for _ in range(3)]  # sized by _load
 
     def _slot_used(self, key) -> bool:
         return key is not None and any(
@@ -170,7 +165,10 @@ class FusedDenseEngine:
         steps = np.zeros(K, np.int64)
         firsts = np.zeros(K, np.int64)
         slots = STATE_SLOTS[self.opt_name]
-        for i, key in enumerate(slots):  # hyperparameters may have changed since __init__
+        # state slots no parameter group uses stay empty: the kernels then neither read
+        # nor write them (Adam without amsgrad would otherwise stream a third buffer);
+        # checked every epoch, as hyperparameters may change between fits
+        for i, key in enumerate(slots):
             if (self.S[i].size != 0) != self._slot_used(key):
                 self.S[i] = np.zeros(self.P.size if self._slot_used(key) else 0, self.P.dtype)
         for k, p in enumerate(self.params):

@@ -128,8 +128,9 @@ def apply_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c
 @njit(inline="always", error_model="numpy")
 def rule_of(kind, c):
     """The rule to run for optimizer ``kind`` with typed coefficients ``c``:
-    :data:`SGD_MOMENTUM` when SGD's extra terms are exact no-ops (``1 * g``, ``+ p * 0``,
-    ``* 1``, ``0 * d +``; they change at most the sign of a zero), else ``kind``."""
+    :data:`SGD_MOMENTUM` or :data:`ADAM_PLAIN` when the general rule's extra terms are
+    exact no-ops (``1 * g``, ``+ p * 0``, ``* 1``, ``0 * d +``, amsgrad's maximum unused;
+    they change at most the sign of a zero), else ``kind``."""
     if kind == SGD and c[0] == 1 and c[1] == 0 and c[3] == 1 and c[4] == 0 and c[5] == 1:
         return SGD_MOMENTUM
     if kind == ADAM and c[0] == 1 and c[1] == 0 and c[2] == 1 and c[10] == 0:
