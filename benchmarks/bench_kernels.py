@@ -11,8 +11,8 @@ Not collected by the normal test run (``testpaths = ["tests"]``). Run with::
 Each case compiles/warms its function first (one untimed call, then warm-up rounds),
 then times rounds of several calls; compare the ``numba`` row of a group with its
 ``reference`` (and ``torch``) row. Shapes: dense (N, 512) x (512, 512) for N in
-{1, 128}; softmax cross-entropy (N, 10) and (N, 1000); optimizers over a (512, 512)
-parameter and a (512,) one. float32 throughout.
+{1, 8, 128} (8: the skinny matmul loops); softmax cross-entropy (N, 10) and (N, 1000);
+optimizers over a (512, 512) parameter and a (512,) one. float32 throughout.
 
 On a shared 2-core machine run with ``OMP_NUM_THREADS=1``: when another process holds
 the second core, a 2-thread OpenBLAS (or torch) GEMM waits for its worker thread and a
@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - torch is optional
 
 REFERENCE = Backend("cpu")
 ACTS = ["linear", "relu", "sigmoid", "tanh", "gelu"]
-BATCHES = [1, 128]
+BATCHES = [1, 8, 128]
 DTYPE = np.float32
 IMPLS = ["numba", "reference", "torch"]
 

@@ -157,7 +157,10 @@ def test_predict_and_evaluate_in_batches():
     X, y = blobs(50)
     model = classifier()
     out = predict(model, X, batch_size=7)
-    np.testing.assert_allclose(out, model(Tensor(X)).detach().numpy(), rtol=1e-6)
+    full = model(Tensor(X)).detach().numpy()
+    # 7-row and 50-row batches multiply through different kernels (skinny loops, BLAS)
+    # that sum in different orders: equal to float32 rounding of the largest outputs
+    np.testing.assert_allclose(out, full, rtol=1e-6, atol=1e-6 * np.abs(full).max())
     result = evaluate(model, X, y, loss=nn.CrossEntropyLoss(), batch_size=7)
     expected = nn.CrossEntropyLoss()(model(Tensor(X)), y).item()
     assert abs(result["loss"] - expected) < 1e-5
