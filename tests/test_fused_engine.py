@@ -110,6 +110,31 @@ def test_fused_matches_autograd(opt_name, loss_name, batch, dtype):
         assert hist.history["accuracy"] == ref_hist.history["accuracy"]
 
 
+@pytest.mark.parametrize("loss_name", ["ce_mean", "mse_mean"])
+@pytest.mark.parametrize("engine", ["autograd", "fused"])
+def test_shuffled_epoch_trains_on_the_permuted_rows(engine, loss_name):
+    """Engines gather each batch's rows of the epoch's permutation (no shuffled copy of
+    the data set): the same weights as training on the permuted arrays in order."""
+    dtype = np.float64
+    X, y = make_data(dtype, loss_name)
+    perm = np.random.default_rng(3).permutation(N_SAMPLES)  # fit(seed=3)'s first epoch
+    weights = []
+    for args in ((X, y, True), (X[perm], y[perm], False)):
+        model = make_model(dtype)
+        trainer = Trainer(
+            model,
+            LOSSES[loss_name](),
+            OPTIMIZERS["sgd_momentum"](model.parameters()),
+            engine=engine,
+            progress=False,
+            verbose=0,
+        )
+        trainer.fit(args[0], args[1], epochs=1, batch_size=5, shuffle=args[2], seed=3)
+        weights.append(model.state_dict())
+    for key in weights[0]:
+        np.testing.assert_array_equal(weights[0][key], weights[1][key])
+
+
 def test_switching_paths_mid_training_continues_the_same_trajectory():
     dtype = np.float64
     X, y = make_data(dtype, "ce_mean")

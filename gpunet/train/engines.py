@@ -20,8 +20,11 @@ class AutogradEngine:
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.track_accuracy = track_accuracy
 
-    def train_epoch(self, X, y, batch_size: int, on_batch_end=None):
-        """One pass over ``X`` (N, ...) / ``y`` (N, ...) already in epoch order.
+    def train_epoch(self, X, y, batch_size: int, on_batch_end=None, order=None):
+        """One pass over ``X`` (N, ...) / ``y`` (N, ...): batch ``k`` is the rows
+        ``order[k*batch_size : (k+1)*batch_size]`` (``order`` (N,) int, a permutation;
+        None: the rows in order), gathered batch by batch, so a shuffled epoch never
+        copies the whole data set.
 
         Returns ``(loss_sum, correct)``: the sample-weighted loss sum and the number of
         correct predictions (None when accuracy is not tracked), as Python numbers.
@@ -32,8 +35,13 @@ class AutogradEngine:
         loss_sum = xp.zeros((), dtype=X.dtype)
         correct = xp.zeros((), dtype="int64") if self.track_accuracy else None
         for iteration, start in enumerate(range(0, n, batch_size)):
-            xb = Tensor._wrap(X[start : start + batch_size], backend)
-            yb = Tensor._wrap(y[start : start + batch_size], backend)
+            rows = (
+                slice(start, start + batch_size)
+                if order is None
+                else order[start : start + batch_size]
+            )
+            xb = Tensor._wrap(X[rows], backend)
+            yb = Tensor._wrap(y[rows], backend)
             out = self.model(xb)
             loss = self.loss(out, yb)
             self.optimizer.zero_grad()

@@ -209,26 +209,30 @@ class FusedDenseEngine:
                     state[key] = self._views(slot, k).copy()
 
     # ---------------------------------------------------------------- epoch
-    def train_epoch(self, X, y, batch_size: int, on_batch_end=None):
+    def train_epoch(self, X, y, batch_size: int, on_batch_end=None, order=None):
         """Same contract as ``AutogradEngine.train_epoch`` (``on_batch_end`` is only used
         to advance a progress bar once per epoch)."""
         H, steps, firsts = self._load()
         X = np.ascontiguousarray(X)
+        gather = order is not None
+        order = np.ascontiguousarray(order, dtype=np.int64) if gather else np.zeros(0, np.int64)
         if self.loss_code == 0:
             labels = np.ascontiguousarray(y, dtype=np.int64)
             targets = np.zeros((0, 1), X.dtype)
         else:
             labels = np.zeros(0, np.int64)
             targets = np.ascontiguousarray(y.reshape(len(y), -1), dtype=X.dtype)
-        work = self._work.get((batch_size, X.dtype))
+        key = (batch_size, X.dtype, gather)
+        work = self._work.get(key)
         if work is None:
             self._work.clear()
-            size = self.kernels.workspace_size(self.layer_table, batch_size)
-            work = self._work[(batch_size, X.dtype)] = np.empty(size, X.dtype)
+            size = self.kernels.workspace_size(self.layer_table, batch_size, gather)
+            work = self._work[key] = np.empty(size, X.dtype)
         loss_sum, correct = self.kernels.train_epoch(
             X,
             labels,
             targets,
+            order,
             batch_size,
             self.layer_table,
             self.param_table,

@@ -212,12 +212,9 @@ class Trainer:
             for epoch in range(epochs):
                 self.callbacks.on_epoch_begin(epoch, {})
                 lr = self.optimizer.param_groups[0]["lr"]
-                # a full batch is one step whatever the order: skip the (large) copy
-                if shuffle and batch_size < n:
-                    order = xp.asarray(rng.permutation(n))
-                    Xe, Ye = X[order], Y[order]
-                else:
-                    Xe, Ye = X, Y
+                # a full batch is one step whatever the order; otherwise the engine
+                # gathers each batch's rows (no shuffled copy of the data set)
+                order = xp.asarray(rng.permutation(n)) if shuffle and batch_size < n else None
                 self.model.train()
                 start = time.perf_counter()
                 with tqdm(
@@ -230,7 +227,9 @@ class Trainer:
                 ) as bar:
                     on_batch = self._batch_hook(bar, batch_size, n)
                     with self.backend.epoch_context(batch_size):
-                        loss_sum, correct = engine.train_epoch(Xe, Ye, batch_size, on_batch)
+                        loss_sum, correct = engine.train_epoch(
+                            X, Y, batch_size, on_batch, order=order
+                        )
                     bar.update(n - bar.n)
                 logs = {"loss": loss_sum / n}
                 if correct is not None:

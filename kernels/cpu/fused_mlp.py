@@ -187,11 +187,27 @@ def _mse(out, target, mean, dout):
 
 
 # -------------------------------------------------------------------- epoch
-def workspace_size(layers, batch_size: int) -> int:
+@njit(cache=True, error_model="numpy")
+def _gather_batch(X, labels, targets, rows, xb, label_rows, target_rows):
+    """``xb[r] = X[rows[r]]`` and the matching labels (cross-entropy) or target rows
+    (MSE; whichever of ``labels`` / ``targets`` is not empty)."""
+    for r in range(rows.shape[0]):
+        i = rows[r]
+        xb[r, :] = X[i]
+        if labels.shape[0]:
+            label_rows[r] = labels[i]
+        if targets.shape[0]:
+            target_rows[r, :] = targets[i]
+
+
+def workspace_size(layers, batch_size: int, gather: bool = False) -> int:
     """Elements of scratch :func:`train_epoch` needs: per layer, activations and output
-    gradients (batch, width), plus saved pre-activations for GELU layers."""
+    gradients (batch, width), plus saved pre-activations for GELU layers; with
+    ``gather`` (a shuffled epoch), the batch's input rows (batch, features) too."""
     widths = layers[:, 1]
     per_row = 2 * int(widths.sum()) + int(widths[layers[:, 4] == GELU].sum())
+    if gather:
+        per_row += int(layers[0, 0])
     return batch_size * per_row
 
 
@@ -200,6 +216,7 @@ def train_epoch(
     X,
     labels,
     targets,
+    order,
     batch_size,
     layers,
     params,
@@ -218,9 +235,11 @@ def train_epoch(
     mean_reduction,
     do_flush,
 ):
-    """Train over ``X`` (N, F) in order, in batches of ``batch_size``; the targets are
-    ``labels`` (N,) int64 for cross-entropy or ``targets`` (N, K) float for MSE (the
-    other one is ignored and may be empty).
+    """Train over ``X`` (N, F) in batches of ``batch_size``; the targets are ``labels``
+    (N,) int64 for cross-entropy or ``targets`` (N, K) float for MSE (the other one is
+    ignored and may be empty). Batch ``k`` is the rows ``order[k*batch_size :
+    (k+1)*batch_size]`` (``order`` (N,) int64), gathered into the workspace step by
+    step; an empty ``order`` takes the rows in order, without copying.
 
     ``H`` (K, 8) float64 hyperparameter rows, ``steps`` (K,) int64 optimizer step counts
     (incremented here), ``firsts`` (K,) int64 1 while a momentum buffer does not exist.
@@ -260,6 +279,11 @@ def train_epoch(
         else:
             zero_biases.append(zero_bias)
             db_scratch.append(zero_bias)
+    gather = order.shape[0] != 0
+    n_features = X.shape[1]
+    x_rows = work[off : off + (batch_size * n_features if gather else 0)]
+    label_rows = np.empty(batch_size if gather else 0, labels.dtype)
+    target_rows = np.empty((batch_size if gather else 0, targets.shape[1]), targets.dtype)
     # dz.T of one layer, for the blocked weight gradient of small batches
     dz_t = np.empty(layers[:, 1].max() * min(batch_size, BLOCKED_DW_MAX_ROWS), P.dtype)
     loss_rows = np.empty(batch_size, P.dtype)
@@ -267,7 +291,17 @@ def train_epoch(
     correct = 0
     for start in range(0, n, batch_size):
         nb = min(batch_size, n - start)
-        xb = X[start : start + nb]
+        if gather:
+            xb = x_rows[: nb * n_features].reshape((nb, n_features))
+            _gather_batch(
+                X, labels, targets, order[start : start + nb], xb, label_rows, target_rows
+            )
+            y_b = label_rows[:nb]
+            t_b = target_rows[:nb]
+        else:
+            xb = X[start : start + nb]
+            y_b = labels[start : start + nb] if labels.shape[0] else labels
+            t_b = targets[start : start + nb] if targets.shape[0] else targets
         # ---------------------------------------------------------- forward
         a_prev = xb
         for l in range(n_layers):
@@ -291,12 +325,11 @@ def train_epoch(
         out = acts[n_layers - 1][:nb]
         dout = grads[n_layers - 1][:nb]
         if loss_kind == CROSS_ENTROPY:
-            y_b = labels[start : start + nb]
             total = _cross_entropy(out, y_b, smoothing, mean_reduction, loss_rows[:nb], dout)
             correct += _correct_count(out, y_b)
             loss_sum += total if mean_reduction else total * nb
         else:
-            total = _mse(out, targets[start : start + nb], mean_reduction, dout)
+            total = _mse(out, t_b, mean_reduction, dout)
             loss_sum += total / out.shape[1] if mean_reduction else total * nb
         # --------------------------------------------------------- backward
         for l in range(n_layers - 1, -1, -1):
