@@ -218,6 +218,8 @@ BAD_INPUTS = [
     ("string_features", lambda X, y: (X.astype(str), y), TypeError, "expected a numeric"),
     ("nan", lambda X, y: (np.where(X > 2.5, np.nan, X), y), ValueError, "NaN or Inf"),
     ("inf", lambda X, y: (np.where(X > 2.5, np.inf, X), y), ValueError, "NaN or Inf"),
+    ("minus_inf", lambda X, y: (np.where(X > 2.5, -np.inf, X), y), ValueError, "NaN or Inf"),
+    ("one_nan", lambda X, y: (np.where(X == X.flat[7], np.nan, X), y), ValueError, "NaN or Inf"),
     ("empty", lambda X, y: (X[:0], y[:0]), ValueError, "empty"),
     ("one_dimensional", lambda X, y: (X[:, 0], y), ValueError, "shape \\(samples, features\\)"),
 ]
@@ -319,3 +321,16 @@ def test_small_batches_run_blas_on_one_thread_during_the_epoch():
     with backend.epoch_context(blas.ONE_BLAS_THREAD_MAX_ROWS + 1):
         assert blas_threads() == before
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_regression_targets_raise_before_training(bad):
+    X, y = gpunet.data.make_regression(n_samples=20, n_features=5, seed=0)
+    y = y.astype(np.float32)
+    y[3] = bad
+    model = nn.Sequential(nn.Dense(5, 1))
+    before = model.state_dict()
+    with pytest.raises(ValueError, match="y contains NaN or Inf"):
+        fit(model, X, y, loss=nn.MSELoss(), optimizer=optim.SGD(model.parameters(), lr=0.1))
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
