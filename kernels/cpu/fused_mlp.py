@@ -7,8 +7,11 @@ optimizer state in ``S1``..``S3``, laid out like ``P``) so every step runs with 
 Python in between.
 
 Per step:
-- forward: BLAS ``a_prev @ W.T`` into a workspace, then the fused bias + activation
-  epilogue (:func:`dense._forward_epilogue`);
+- input: the batch's rows of the epoch's permutation, gathered into the workspace (or a
+  slice of ``X`` when training in order);
+- forward: ``a_prev @ W.T`` into a workspace (:func:`blas.matmul_nt`: BLAS, or the
+  skinny loops for 3-16 rows), then the fused bias + activation epilogue
+  (:func:`dense._forward_epilogue`);
 - loss: one pass per row computing the loss, its gradient and the accuracy count;
 - backward, last layer first: fused activation-derivative + bias-gradient pass
   (:func:`dense._backward_epilogue`), ``da_prev = dz @ W`` with the old weights, then the
