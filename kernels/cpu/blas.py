@@ -155,7 +155,7 @@ def matmul_nn(dz, W, out):
     if nb == 1:
         for i in range(W.shape[0]):
             accumulate_dx(dz, W[i], i, out)
-    elif nb <= SKINNY_MAX_ROWS:
+    elif SKINNY_MIN_ROWS <= nb <= SKINNY_MAX_ROWS:
         skinny_nn(dz, W, out)
     else:
         np.dot(dz, W, out)

@@ -303,8 +303,8 @@ def train_epoch(
             t_b = target_rows[:nb]
         else:
             xb = X[start : start + nb]
-            y_b = labels[start : start + nb] if labels.shape[0] else labels
-            t_b = targets[start : start + nb] if targets.shape[0] else targets
+            y_b = labels[start : start + nb]  # the unused one of the two is empty
+            t_b = targets[start : start + nb]
         # ---------------------------------------------------------- forward
         a_prev = xb
         for l in range(n_layers):
