@@ -83,8 +83,9 @@ def _update_weights_rowwise(
 ):
     c = typed_coefficients(kind, h, step, first, P[0])
     tiny = _like(tiny, P[0])
+    # one branch per rule, each a row loop inlining that rule's sweep alone (branching
+    # inside the row loop instead was 10-30% slower)
     rule = rule_of(kind, c)
-    # each branch passes a literal rule, so each sweep is compiled for its rule alone
     if rule == SGD_MOMENTUM:
         _update_rowwise(
             SGD_MOMENTUM, P, S1, S2, S3, off, dz, a, n_out, n_in, c, do_flush, tiny, dx, with_dx

@@ -32,6 +32,7 @@ import math
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
 from gpunet.kernels.cpu.dense import _like
 
@@ -89,40 +90,82 @@ def _lerp(a, b, w, rest):
     return a + w * (b - a) if abs(w) < 0.5 else b - (b - a) * rest
 
 
-@njit(inline="always", error_model="numpy")
 def apply_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
     """One element's update; returns ``(p, s1, s2, s3)``. ``c0..c10`` come from
     :func:`coefficients`, cast by the caller to the element dtype (so no operation here
     promotes float32 to float64). The operation order is the reference's, so results
-    are bitwise equal to ``gpunet.optim.functional``."""
-    if kind == SGD_MOMENTUM:  # the SGD rule with c0 = c3 = c5 = 1, c1 = c4 = 0
-        buf = s1 * c2 + g
-        return p - buf * c6, buf, s2, s3
-    if kind == ADAM_PLAIN:  # the Adam rule with c0 = c2 = 1, c1 = c10 = 0
-        m = _lerp(s1, g, c3, c4)
-        v = s2 * c5 + (g * c6) * g
-        return p - (m / (math.sqrt(v) / c8 + c9)) * c7, m, v, s3
+    are bitwise equal to ``gpunet.optim.functional``.
+
+    Numba only, and ``kind`` must be a compile-time constant (the sweeps below are
+    inlined with literal rules): only that rule's arithmetic is inlined
+    (:func:`_ol_apply_rule`)."""
+    raise NotImplementedError
+
+
+def _sgd_momentum_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
+    # the SGD rule with c0 = c3 = c5 = 1, c1 = c4 = 0
+    buf = s1 * c2 + g
+    return p - buf * c6, buf, s2, s3
+
+
+def _adam_plain_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
+    # the Adam rule with c0 = c2 = 1, c1 = c10 = 0
+    m = _lerp(s1, g, c3, c4)
+    v = s2 * c5 + (g * c6) * g
+    return p - (m / (math.sqrt(v) / c8 + c9)) * c7, m, v, s3
+
+
+def _sgd_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
     d = c0 * g + p * c1
-    if kind == SGD:
-        buf = s1 * c2 + d * c3
-        return p - (c4 * d + buf * c5) * c6, buf, s2, s3
-    if kind == ADAM:
-        m = _lerp(s1, d, c3, c4)
-        v = s2 * c5 + (d * c6) * d
-        vmax = v if (v > s3 or v != v) else s3  # np.maximum: NaN propagates
-        denom = math.sqrt(vmax if c10 != c10 * 0 else v) / c8 + c9
-        return p * c2 - (m / denom) * c7, m, v, vmax
-    if kind == RMSPROP:
-        alpha, w, rest, eps, momentum, centered, lr = c2, c3, c4, c5, c6, c7, c8
-        sq = s1 * alpha + (d * w) * d
-        ga = _lerp(s2, d, w, rest) if centered != centered * 0 else s2
-        avg = (math.sqrt(sq - ga * ga) if centered != centered * 0 else math.sqrt(sq)) + eps
-        q = d / avg
-        with_momentum = momentum > momentum * 0
-        buf = s3 * momentum + q if with_momentum else s3
-        return p - (buf if with_momentum else q) * lr, sq, ga, buf
+    buf = s1 * c2 + d * c3
+    return p - (c4 * d + buf * c5) * c6, buf, s2, s3
+
+
+def _adam_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
+    d = c0 * g + p * c1
+    m = _lerp(s1, d, c3, c4)
+    v = s2 * c5 + (d * c6) * d
+    vmax = v if (v > s3 or v != v) else s3  # np.maximum: NaN propagates
+    denom = math.sqrt(vmax if c10 != c10 * 0 else v) / c8 + c9
+    return p * c2 - (m / denom) * c7, m, v, vmax
+
+
+def _rmsprop_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
+    d = c0 * g + p * c1
+    alpha, w, rest, eps, momentum, centered, lr = c2, c3, c4, c5, c6, c7, c8
+    sq = s1 * alpha + (d * w) * d
+    ga = _lerp(s2, d, w, rest) if centered != centered * 0 else s2
+    avg = (math.sqrt(sq - ga * ga) if centered != centered * 0 else math.sqrt(sq)) + eps
+    q = d / avg
+    with_momentum = momentum > momentum * 0
+    buf = s3 * momentum + q if with_momentum else s3
+    return p - (buf if with_momentum else q) * lr, sq, ga, buf
+
+
+def _adagrad_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
+    d = c0 * g + p * c1
     total = s1 + d * d
     return p - (d / (math.sqrt(total) + c3)) * c2, total, s2, s3
+
+
+_RULES = {
+    SGD_MOMENTUM: _sgd_momentum_rule,
+    ADAM_PLAIN: _adam_plain_rule,
+    SGD: _sgd_rule,
+    ADAM: _adam_rule,
+    RMSPROP: _rmsprop_rule,
+    ADAGRAD: _adagrad_rule,
+}
+
+
+# Resolved while typing: a literal ``kind`` inlines that rule alone; a kind known only at
+# run time finds no implementation. One ``njit(inline="always")`` function branching on
+# the kind inlined all six rules at every site, and Numba's IR inliner copies a callee
+# once per site and nesting level: the first ``fit`` compiled in about 60 s instead of
+# about 38 s (Adam, 64-128-10 network, empty NUMBA_CACHE_DIR, this 2-core VM).
+@overload(apply_rule, inline="always", prefer_literal=True)
+def _ol_apply_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
+    return _RULES.get(getattr(kind, "literal_value", None))
 
 
 @njit(inline="always", error_model="numpy")
