@@ -40,7 +40,8 @@ RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 # (N, in, out): batch 1, width 1, sizes that are multiples of nothing
 # (batch, in, out): one row, blocked dW (2-16 rows; out > 32 spans several blocks, the
 # last one partial), the skinny forward/dx loops (3-16 rows: blocks of 4 rows, the last
-# one partial; odd out; out not a multiple of 4) and one BLAS product (17+ rows)
+# one partial; odd out; out not a multiple of 4), the transposed forward product (17-48
+# rows, out >= 64: odd sizes and both bounds) and one BLAS product (17+ rows)
 DENSE_SHAPES = [
     (1, 1, 1),
     (1, 7, 3),
@@ -54,6 +55,8 @@ DENSE_SHAPES = [
     (4, 20, 8),
     (12, 31, 6),
     (2, 5, 11),
+    (23, 9, 70),
+    (48, 5, 64),
 ]
 
 
