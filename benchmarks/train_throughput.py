@@ -2,11 +2,12 @@
 """Training throughput on the CPU: gpunet vs PyTorch vs plain NumPy (vs scikit-learn).
 
     python benchmarks/train_throughput.py            # the full benchmark (~10-20 min)
-    python benchmarks/train_throughput.py --quick    # smoke test (< 30 s)
+    python benchmarks/train_throughput.py --quick    # smoke test (about a minute)
 
 Measures samples/s of one training epoch of the 784-512-512-10 ReLU network with softmax
 cross-entropy on MNIST-shaped float32 data, for each optimizer (SGD with momentum, Adam),
-batch size and framework, all in the same process and run; plus gpunet with
+batch size and framework, all in the same run (each framework in its own process,
+taking turns: ``benchmarks/isolated.py``; ``--same-process`` to share one); plus gpunet with
 ``flush_denormals=False`` vs ``True`` at small batch sizes. Reports GFLOP/s against an
 sgemm (``np.matmul``) rate measured in the same run, and writes ``<out>.json`` and
 ``<out>.md``. See benchmarks/README.md for how to read the table.
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` as a package
-from benchmarks import peers  # noqa: E402
+from benchmarks import isolated, peers  # noqa: E402
 
 DEFAULT_WIDTHS = (784, 512, 512, 10)
 BATCH_SIZES = ("1", "8", "32", "128", "512", "4096", "full")
@@ -410,6 +411,12 @@ def parse_args(argv=None):
     p.add_argument("--widths", nargs="+", type=int, default=list(DEFAULT_WIDTHS))
     p.add_argument("--data", choices=("mnist-like", "uniform"), default="mnist-like")
     p.add_argument("--torch-threads", type=int, default=2)
+    p.add_argument(
+        "--same-process",
+        action="store_true",
+        help="run every framework in this process (default: each in its own process, "
+        "taking turns as before; see benchmarks/isolated.py)",
+    )
     p.add_argument("--matmul-repeats", type=int, default=10)
     p.add_argument(
         "--out",
@@ -459,22 +466,41 @@ def main(argv=None) -> dict:
         file=sys.stderr,
     )
 
+    X, y = make_data(args.samples, widths[0], widths[-1], args.data)
+    X_eval, y_eval = make_data(1000, widths[0], widths[-1], args.data, seed=1)
+    meta["isolated"] = not args.same_process
+    shared = None if args.same_process else isolated.SharedArrays(X=X, y=y)
+    if shared:
+        X, y = shared.arrays["X"], shared.arrays["y"]
+
+    def make_peer(key, **kwargs):
+        if shared:
+            return isolated.IsolatedPeer(key, widths, shared, **kwargs)
+        return peers.PEERS[key](widths, seed=0, **kwargs)
+
     peer_list = []
     for key in args.frameworks:
         reason = peers.PEERS[key].unavailable()
         if reason:
             meta["skipped"].append(f"{key}: {reason}")
             continue
-        kwargs = {"threads": args.torch_threads} if key == "torch" else {}
-        peer_list.append(peers.PEERS[key](widths, seed=0, **kwargs))
-    noflush = (
-        peers.GpunetPeer(widths, seed=0, flush_denormals=False)
-        if "gpunet" in args.frameworks
-        else None
-    )
+        peer_list.append(
+            make_peer(key, **({"threads": args.torch_threads} if key == "torch" else {}))
+        )
+    noflush = make_peer("gpunet", flush_denormals=False) if "gpunet" in args.frameworks else None
+    try:
+        return _run(args, meta, peer_list, noflush, X, y, X_eval, y_eval, started)
+    finally:
+        for q in [*peer_list, noflush]:
+            if q is not None and hasattr(q, "close"):
+                q.close()
+        if shared:
+            shared.close()
 
-    X, y = make_data(args.samples, widths[0], widths[-1], args.data)
-    X_eval, y_eval = make_data(1000, widths[0], widths[-1], args.data, seed=1)
+
+def _run(args, meta, peer_list, noflush, X, y, X_eval, y_eval, started) -> dict:
+    widths = args.widths
+    fl = meta["flops_per_sample"]
     meta["matmul"] = {**matmul_rate(widths, args.matmul_repeats), "repeats": args.matmul_repeats}
     print(f"sgemm: {meta['matmul']['peak']:.1f} GFLOP/s", file=sys.stderr)
 
