@@ -478,17 +478,17 @@ def main(argv=None) -> dict:
             return isolated.IsolatedPeer(key, widths, shared, **kwargs)
         return peers.PEERS[key](widths, seed=0, **kwargs)
 
-    peer_list = []
-    for key in args.frameworks:
-        reason = peers.PEERS[key].unavailable()
-        if reason:
-            meta["skipped"].append(f"{key}: {reason}")
-            continue
-        peer_list.append(
-            make_peer(key, **({"threads": args.torch_threads} if key == "torch" else {}))
-        )
-    noflush = make_peer("gpunet", flush_denormals=False) if "gpunet" in args.frameworks else None
-    try:
+    peer_list, noflush = [], None
+    try:  # workers and shared memory are released however the run ends
+        for key in args.frameworks:
+            reason = peers.PEERS[key].unavailable()
+            if reason:
+                meta["skipped"].append(f"{key}: {reason}")
+                continue
+            kwargs = {"threads": args.torch_threads} if key == "torch" else {}
+            peer_list.append(make_peer(key, **kwargs))
+        if "gpunet" in args.frameworks:
+            noflush = make_peer("gpunet", flush_denormals=False)
         return _run(args, meta, peer_list, noflush, X, y, X_eval, y_eval, started)
     finally:
         for q in [*peer_list, noflush]:
