@@ -61,7 +61,11 @@ def _serve(conn, key, widths, kwargs, specs):
 
     blocks, data = _attach(specs)
     X, y = data["X"], data["y"]
-    peer = peers.PEERS[key](widths, seed=0, **kwargs)
+    try:
+        peer = peers.PEERS[key](widths, seed=0, **kwargs)
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
     conn.send(("ok", (peer.key, peer.label)))
     while True:
         command, args = conn.recv()
@@ -90,6 +94,7 @@ class IsolatedPeer:
 
     def __init__(self, key: str, widths, shared: SharedArrays, **kwargs):
         self._shared = shared
+        self._name = key
         self._conn, child = mp.get_context("spawn").Pipe()
         self._process = mp.get_context("spawn").Process(
             target=_serve, args=(child, key, list(widths), kwargs, shared.specs), daemon=True
@@ -97,11 +102,15 @@ class IsolatedPeer:
         self._process.start()
         child.close()
         self.key, self.label = self._answer()
+        self._name = self.key
 
     def _answer(self):
-        status, result = self._conn.recv()
+        try:
+            status, result = self._conn.recv()
+        except EOFError:
+            status, result = "error", f"its process ended (exit code {self._process.exitcode})"
         if status != "ok":
-            raise RuntimeError(f"benchmark peer {getattr(self, 'key', '?')}: {result}")
+            raise RuntimeError(f"benchmark peer {self._name}: {result}")
         return result
 
     def _call(self, command, *args):

@@ -66,3 +66,8 @@ def test_worker_errors_name_the_framework(shared):
             remote.setup("no-such-optimizer", np.float32)
     finally:
         remote.close()
+
+
+def test_a_peer_that_fails_to_start_says_why(shared):
+    with pytest.raises(RuntimeError, match="benchmark peer numpy: TypeError"):
+        isolated.IsolatedPeer("numpy", WIDTHS, shared, no_such_option=1)
