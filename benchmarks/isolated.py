@@ -87,6 +87,11 @@ def _serve(conn, key, widths, kwargs, specs):
         block.close()
 
 
+def _leading_slice(part, whole) -> bool:
+    """Whether ``part`` is ``whole[:n]`` for some ``n`` (a view, not a copy)."""
+    return part.ctypes.data == whole.ctypes.data and part.strides == whole.strides
+
+
 class IsolatedPeer:
     """``peers.PEERS[key](widths, seed=0, **kwargs)`` in a spawned process, with the same
     ``setup / train / loss / supports / info`` interface and ``key`` / ``label``.
@@ -94,15 +99,15 @@ class IsolatedPeer:
 
     def __init__(self, key: str, widths, shared: SharedArrays, **kwargs):
         self._shared = shared
-        self._name = key
-        self._conn, child = mp.get_context("spawn").Pipe()
-        self._process = mp.get_context("spawn").Process(
+        self.key = key  # until the worker names its peer
+        context = mp.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
             target=_serve, args=(child, key, list(widths), kwargs, shared.specs), daemon=True
         )
         self._process.start()
         child.close()
         self.key, self.label = self._answer()
-        self._name = self.key
 
     def _answer(self):
         try:
@@ -110,7 +115,7 @@ class IsolatedPeer:
         except EOFError:
             status, result = "error", f"its process ended (exit code {self._process.exitcode})"
         if status != "ok":
-            raise RuntimeError(f"benchmark peer {self._name}: {result}")
+            raise RuntimeError(f"benchmark peer {self.key}: {result}")
         return result
 
     def _call(self, command, *args):
@@ -121,13 +126,11 @@ class IsolatedPeer:
         self._call("setup", optimizer_name, dtype)
 
     def train(self, X, y, batch_size: int) -> None:
-        full_X, full_y = self._shared.arrays["X"], self._shared.arrays["y"]
-        n = len(X)
-        if not (np.shares_memory(X, full_X) and X.ctypes.data == full_X.ctypes.data):
+        if not _leading_slice(X, self._shared.arrays["X"]):
             raise ValueError("IsolatedPeer.train takes leading slices of the shared X only")
-        if len(y) != n or y.ctypes.data != full_y.ctypes.data:
+        if len(y) != len(X) or not _leading_slice(y, self._shared.arrays["y"]):
             raise ValueError("IsolatedPeer.train takes the matching slice of the shared y")
-        self._call("train", n, batch_size)
+        self._call("train", len(X), batch_size)
 
     def loss(self, X, y) -> float:
         return self._call("loss", np.asarray(X), np.asarray(y))
