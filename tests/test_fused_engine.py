@@ -177,6 +177,41 @@ def test_wide_layers_match_autograd(opt_name, batch_size, dtype):
     assert_close(results[0], results[1], TOLERANCE[dtype], "weight")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(
+    ("n_samples", "batch_size"),
+    [(70, 20), (80, 20), (53, 17), (40, 256)],
+    ids=["folded-then-blocked", "all-folded", "17-rows-then-one", "full-batch"],
+)
+def test_momentum_folded_into_the_weight_gradient_matches_autograd(n_samples, batch_size, dtype):
+    """SGD with plain momentum, 17-256 rows: the fused epoch accumulates ``dW`` into the
+    momentum buffer (scaled by the previous step's sweep), with several such steps per
+    epoch, a last batch that takes another path (10 or 2 rows) or not, the first step
+    (no buffer yet) and epoch boundaries (the stored buffer is unscaled)."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((n_samples, N_FEATURES)).astype(dtype)
+    y = rng.integers(0, N_CLASSES, n_samples)
+    results = []
+    for engine in ("autograd", "fused"):
+        gpunet.manual_seed(11)
+        model = nn.Sequential(nn.Dense(N_FEATURES, 40, "relu"), nn.Dense(40, N_CLASSES)).to(
+            dtype=dtype
+        )
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        trainer = Trainer(
+            model, nn.CrossEntropyLoss(), opt, engine=engine, progress=False, verbose=0
+        )
+        trainer.fit(X, y, epochs=3, batch_size=batch_size, seed=2)
+        assert trainer.engine_name == engine
+        buffers = {
+            f"buf{k}": opt.state[p]["momentum_buffer"] for k, p in enumerate(model.parameters())
+        }
+        results.append((model.state_dict(), buffers))
+    (w_ref, b_ref), (w, b) = results
+    assert_close(w_ref, w, TOLERANCE[dtype], "weight")
+    assert_close(b_ref, b, TOLERANCE[dtype], "momentum buffer")
+
+
 def test_hyperparameters_changed_between_fits_reach_the_fused_engine():
     """Turning amsgrad on between fits makes the fused engine keep max_exp_avg_sq (a state
     slot it leaves empty while no group needs it), as the autograd path does."""

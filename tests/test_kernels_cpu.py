@@ -212,6 +212,46 @@ def test_activation_accuracy_wide_range(act, dtype):
     assert np.isnan(dense_forward(nan, one, None, act)[0]).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1), (17, 3, 1), (20, 40, 7), (33, 1, 65), (256, 70, 33), (300, 9, 5)]
+)
+@pytest.mark.parametrize("via_temporary", [False, True], ids=["blas", "via-temporary"])
+def test_accumulate_weight_grad(shape, dtype, via_temporary):
+    """``out += dz.T @ a`` (the fused epoch's momentum fold; also the fallback for a
+    Numba without the BLAS helpers) against float64, and
+    bit-identical to forming ``dz.T @ a`` first up to ``FOLDED_MOMENTUM_MAX_ROWS`` rows
+    when ``out`` is at least 2 x 2 (the fold's conditions)."""
+    from gpunet.kernels.cpu.blas import (
+        FOLDED_MOMENTUM_MAX_ROWS,
+        accumulate_weight_grad,
+        gemm_accumulate_via_temporary,
+        weight_grad,
+    )
+
+    if via_temporary:  # what a Numba without its BLAS helpers runs
+
+        def accumulate_weight_grad(dz, a, out):
+            if dz.shape[0] != 0:
+                gemm_accumulate_via_temporary(dz.T, a, out)
+
+    n, k, m = shape
+    x, _, _, dy = _dense_inputs(shape, dtype, _seed("acc", shape, dtype))
+    start = np.random.default_rng(1).standard_normal((m, k)).astype(dtype)
+    out = start.copy()
+    accumulate_weight_grad(dy, x, out)
+    products = dy.astype(np.float64).T @ x.astype(np.float64)
+    scale = np.abs(start) + np.abs(dy).T.astype(np.float64) @ np.abs(x)
+    assert_close(out, start.astype(np.float64) + products, RTOL[dtype], scale)
+    if n <= FOLDED_MOMENTUM_MAX_ROWS and min(m, k) >= 2:
+        grad = np.empty_like(start)
+        weight_grad(dy, x, grad)
+        np.testing.assert_array_equal(out, start + grad)
+    empty = start.copy()
+    accumulate_weight_grad(dy[:0], x[:0], empty)
+    np.testing.assert_array_equal(empty, start)
+
+
 def test_dense_noncontiguous_inputs():
     x, W, b, dy = _dense_inputs((6, 8, 5), np.float64, seed=3)
     xt = np.asfortranarray(x)

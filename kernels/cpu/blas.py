@@ -11,7 +11,15 @@ Shapes: ``a`` (N, in), ``W`` (out, in), ``dz`` (N, out).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+try:  # the helpers behind Numba's own np.dot (in numba.np.linalg for many releases)
+    from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
+except ImportError:  # pragma: no cover (a Numba that moved them: see _gemm_accumulate)
+    check_blas_return = ensure_blas = get_blas_kind = None
 
 #: batches of up to this many rows: ``dW = dz.T @ a`` goes through BLAS in blocks of
 #: :data:`WEIGHT_GRAD_BLOCK_ROWS` rows of ``dW`` (:func:`weight_grad_block`), so the
@@ -41,6 +49,14 @@ SKINNY_MAX_ROWS = 16
 #: +1-3%, 96-128 rows slower; a 10-wide output gains nothing)
 TRANSPOSED_NT_MAX_ROWS = 48
 TRANSPOSED_NT_MIN_OUT = 64
+#: batches of more than ``BLOCKED_DW_MAX_ROWS`` and up to this many rows, trained by SGD
+#: with plain momentum, accumulate ``dW`` into the momentum buffer by BLAS
+#: (:func:`accumulate_weight_grad`): no gradient array is zeroed, written and read back
+#: (2-core EPYC VM, 784->512 layer, gradient + update: 32 rows 275 -> 226 µs, 128 rows
+#: 632 -> 614 µs; nothing at 512). Up to here a BLAS sums all rows in one pass (OpenBLAS
+#: splits the sum only from 385 rows), so the result is bit-identical to computing ``dW``
+#: and adding it.
+FOLDED_MOMENTUM_MAX_ROWS = 256
 # the forward's dot products may be summed in any order, so their reductions vectorize;
 # both CPU paths call the same compiled loop, so they still agree bit for bit
 _REASSOC = {"reassoc", "contract"}
@@ -71,6 +87,77 @@ def accumulate_dx(dz, w_row, i, out):
     else:
         for j in range(w_row.shape[0]):
             out[0, j] += d * w_row[j]
+
+
+@njit(cache=True, error_model="numpy")
+def gemm_accumulate_via_temporary(a, b, out):
+    """``out += a @ b`` through a temporary: :func:`_gemm_accumulate` where Numba lacks
+    the helpers it calls BLAS with (same sums: ``a @ b`` rounded, then added)."""
+    product = np.empty_like(out)
+    np.dot(a, b, product)
+    out += product
+
+
+@intrinsic
+def _gemm_accumulate_blas(typingctx, a, b, out):
+    """``out += a @ b``: a (m, k), b (k, n), out (m, n), each C- or F-contiguous (``out``
+    C). The BLAS call Numba's ``np.dot`` makes (``numba_xxgemm``, the same library) with
+    ``beta = 1``, which OpenBLAS runs with no separate pass over ``out``."""
+    arrays = (a, b, out)
+    if not all(isinstance(t, types.Array) and t.ndim == 2 for t in arrays):
+        return None
+    if out.layout != "C" or a.layout not in "CF" or b.layout not in "CF":
+        return None
+    if not a.dtype == b.dtype == out.dtype or a.dtype not in (types.float32, types.float64):
+        return None
+    dtype = out.dtype
+    char, char_p, intp = ir.IntType(8), ir.IntType(8).as_pointer(), cgutils.intp_t
+    fn_type = ir.FunctionType(
+        ir.IntType(32),
+        [char, char, char, intp, intp, intp]  # kind, transa, transb, m, n, k
+        + [char_p, char_p, intp, char_p, intp, char_p, char_p, intp],  # alpha .. ldc
+    )
+
+    def codegen(context, builder, sig, args):
+        ensure_blas()
+        views = [context.make_array(t)(context, builder, v) for t, v in zip(sig.args, args)]
+        shapes = [cgutils.unpack_tuple(builder, v.shape, 2) for v in views]
+        m, k = shapes[0]
+        n = shapes[2][1]
+        one = cgutils.alloca_once_value(builder, context.get_constant(dtype, 1.0))
+        one = builder.bitcast(one, char_p)
+
+        def operand(ty, shape, view):
+            # BLAS is column-major: a C-contiguous operand is its transpose, unmoved
+            trans = ir.Constant(char, ord("n" if ty.layout == "C" else "t"))
+            lead = shape[1] if ty.layout == "C" else shape[0]
+            return trans, lead, builder.bitcast(view.data, char_p)
+
+        # out.T = b.T @ a.T in column-major terms
+        trans_b, ld_b, data_b = operand(sig.args[1], shapes[1], views[1])
+        trans_a, ld_a, data_a = operand(sig.args[0], shapes[0], views[0])
+        fn = cgutils.get_or_insert_function(builder.module, fn_type, "numba_xxgemm")
+        kind = ir.Constant(char, ord(get_blas_kind(dtype)))
+        data_out = builder.bitcast(views[2].data, char_p)
+        status = builder.call(
+            fn,
+            (kind, trans_b, trans_a, n, m, k, one, data_b, ld_b, data_a, ld_a, one, data_out, n),
+        )
+        check_blas_return(context, builder, status)
+        return context.get_dummy_value()
+
+    return types.void(a, b, out), codegen
+
+
+_gemm_accumulate = _gemm_accumulate_blas if ensure_blas else gemm_accumulate_via_temporary
+
+
+@njit(cache=True, error_model="numpy")
+def accumulate_weight_grad(dz, a, out):
+    """``out += dz.T @ a``: dz (N, out), a (N, in), out (out, in), all C-contiguous; an
+    empty product leaves ``out`` as it is."""
+    if dz.shape[0] != 0 and out.size != 0:
+        _gemm_accumulate(dz.T, a, out)
 
 
 @njit(inline="always", error_model="numpy")

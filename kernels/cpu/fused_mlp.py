@@ -20,7 +20,10 @@ Per step:
   ``da_prev`` from each row before updating it, so ``W`` is read once and ``dW`` never
   goes to memory. Up to ``BLOCKED_DW_MAX_ROWS`` rows: ``dW`` by BLAS in blocks of rows,
   each applied while in cache. Larger batches: ``da_prev`` and ``dW = dz.T @ a`` by
-  BLAS, then one sweep updates the layer.
+  BLAS, then one sweep updates the layer; but SGD with plain momentum on 17 to
+  ``FOLDED_MOMENTUM_MAX_ROWS`` rows has BLAS add ``dW`` straight into the momentum
+  buffer, which the previous step's sweep left scaled by the momentum
+  (:func:`_update_weights_folded`), so no gradient array is written and read back.
 
 Layer table ``layers`` (L, 5) int64: ``n_in, n_out, w_param, b_param (-1: none), act``.
 Parameter table ``params`` (K, 2) int64: ``offset, size`` into ``P``.
@@ -33,8 +36,10 @@ from numba import njit
 
 from gpunet.kernels.cpu.blas import (
     BLOCKED_DW_MAX_ROWS,
+    FOLDED_MOMENTUM_MAX_ROWS,
     WEIGHT_GRAD_BLOCK_ROWS,
     accumulate_dx,
+    accumulate_weight_grad,
     matmul_nn,
     matmul_nt,
     weight_grad,
@@ -50,6 +55,7 @@ from gpunet.kernels.cpu.update_rules import (
     RMSPROP,
     SGD,
     SGD_MOMENTUM,
+    coefficients,
     rule_of,
     typed_coefficients,
     update_array,
@@ -137,6 +143,51 @@ def _update_weights_blas(kind, P, G, S1, S2, S3, off, dz, a, dz_t, h, step, firs
         update_array(
             kind, P[lo:hi], G[lo:hi], S1[lo:hi], S2[lo:hi], S3[lo:hi], h, step, first, do_flush
         )
+
+
+@njit(cache=True, error_model="numpy")
+def folds_momentum(kind, h, step, first, nb, W, do_flush):
+    """Whether a step of ``nb`` rows on the weight ``W`` (out, in) runs
+    :func:`_update_weights_folded`: SGD whose rule is plain momentum
+    (:data:`SGD_MOMENTUM`), ``BLOCKED_DW_MAX_ROWS`` < ``nb`` <=
+    ``FOLDED_MOMENTUM_MAX_ROWS``, no software denormal flush (the momentum buffer is
+    written by BLAS), and ``W`` at least 2 x 2 (for a single row or column Numba's
+    ``np.dot`` calls a matrix-vector BLAS, which sums in another order)."""
+    if kind != SGD or do_flush or not BLOCKED_DW_MAX_ROWS < nb <= FOLDED_MOMENTUM_MAX_ROWS:
+        return False
+    if W.shape[0] < 2 or W.shape[1] < 2:
+        return False
+    return rule_of(SGD, coefficients(SGD, h, step, first)) == SGD_MOMENTUM
+
+
+@njit(cache=True, error_model="numpy")
+def _update_weights_folded(P, S1, off, dz, a, h, step, first, scaled, scale_after):
+    """SGD with plain momentum on the weight block ``P[off:off + n_out*n_in]`` with
+    ``dW = dz.T @ a`` accumulated by BLAS straight into the momentum buffer, so no
+    gradient array is written: ``buf = momentum * buf + dW; p -= lr * buf``, the rule's
+    own operations in its order. ``scaled``: ``S1`` already holds ``momentum * buf``
+    (this epoch's previous step left it so), else it is scaled here first.
+    ``scale_after``: leave ``momentum * buf`` for the next step, which is also folded,
+    in the same sweep as the weight update (the epoch's last step leaves ``buf`` as
+    the optimizer stores it)."""
+    n_out, n_in = dz.shape[1], a.shape[1]
+    c = typed_coefficients(SGD, h, step, first, P[0])
+    momentum, lr = c[2], c[6]  # momentum is 0 on the first step: buf = dW
+    p = P[off : off + n_out * n_in]
+    buf = S1[off : off + n_out * n_in]
+    if not scaled:
+        for k in range(buf.shape[0]):
+            buf[k] = buf[k] * momentum
+    accumulate_weight_grad(dz, a, buf.reshape((n_out, n_in)))
+    if scale_after:
+        momentum_next = typed_coefficients(SGD, h, step + 1, False, P[0])[2]
+        for k in range(p.shape[0]):
+            b = buf[k]
+            p[k] = p[k] - b * lr
+            buf[k] = b * momentum_next
+    else:
+        for k in range(p.shape[0]):
+            p[k] = p[k] - buf[k] * lr
 
 
 # ------------------------------------------------------------------- losses
@@ -291,6 +342,8 @@ def train_epoch(
     # dz.T of one layer, for the blocked weight gradient of small batches
     dz_t = np.empty(layers[:, 1].max() * min(batch_size, BLOCKED_DW_MAX_ROWS), P.dtype)
     loss_rows = np.empty(batch_size, P.dtype)
+    # per parameter: its momentum buffer holds momentum * buf (see _update_weights_folded)
+    scaled = np.zeros(params.shape[0], np.bool_)
     loss_sum = 0.0
     correct = 0
     for start in range(0, n, batch_size):
@@ -356,7 +409,18 @@ def train_epoch(
             if l > 0 and nb > 1:
                 matmul_nn(dz, W, dx)
             steps[wp] += 1
-            if nb == 1:
+            first = firsts[wp] != 0
+            if folds_momentum(opt_kind, H[wp], steps[wp], first, nb, W, do_flush):
+                # the next step folds too (same hyperparameters, its own batch size)
+                nb_next = min(batch_size, n - start - nb)
+                scale_after = nb_next > 0 and folds_momentum(
+                    opt_kind, H[wp], steps[wp] + 1, False, nb_next, W, do_flush
+                )
+                _update_weights_folded(
+                    P, S1, w_off, dz, a_in, H[wp], steps[wp], first, scaled[wp], scale_after
+                )
+                scaled[wp] = scale_after
+            elif nb == 1:
                 _update_weights_rowwise(
                     opt_kind,
                     P,
@@ -370,7 +434,7 @@ def train_epoch(
                     n_in,
                     H[wp],
                     steps[wp],
-                    firsts[wp] != 0,
+                    first,
                     do_flush,
                     dtype_tiny,
                     dx,
@@ -390,7 +454,7 @@ def train_epoch(
                     dz_t,
                     H[wp],
                     steps[wp],
-                    firsts[wp] != 0,
+                    first,
                     do_flush,
                 )
             firsts[wp] = 0
