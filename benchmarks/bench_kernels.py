@@ -12,7 +12,8 @@ Each case compiles/warms its function first (one untimed call, then warm-up roun
 then times rounds of several calls; compare the ``numba`` row of a group with its
 ``reference`` (and ``torch``) row. Shapes: dense (N, 512) x (512, 512) for N in
 {1, 8, 128} (8: the skinny matmul loops); softmax cross-entropy (N, 10) and (N, 1000);
-optimizers over a (512, 512) parameter and a (512,) one. float32 throughout.
+optimizers over a (512, 512) parameter and a (512,) one; the weight gradient with the
+momentum update, folded or not, at 32-512 rows on a 784->512 layer. float32 throughout.
 
 On a shared 2-core machine run with ``OMP_NUM_THREADS=1``: when another process holds
 the second core, a 2-thread OpenBLAS (or torch) GEMM waits for its worker thread and a
@@ -246,6 +247,52 @@ def test_optimizer_update(benchmark, name, shape, impl):
         tp.grad = torch.from_numpy(g)
         opt = _torch_optimizer(name, tp)
         _run(benchmark, opt.step)
+
+
+# ------------------------------------------- weight gradient + momentum update
+@pytest.mark.parametrize("impl", ["folded", "separate", "torch"])
+@pytest.mark.parametrize("n", [32, 128, 512])
+def test_weight_grad_and_momentum_update(benchmark, n, impl):
+    """``dW = dz.T @ a`` then SGD momentum on a 784->512 layer: the fused epoch's fold
+    (BLAS adds ``dW`` into the pre-scaled momentum buffer, one sweep updates the weight)
+    against forming ``dW`` and then one update sweep (what batches over
+    ``FOLDED_MOMENTUM_MAX_ROWS`` rows run) and torch (``mm`` + ``SGD.step``)."""
+    from gpunet.kernels.cpu.blas import weight_grad  # noqa: PLC0415
+    from gpunet.kernels.cpu.fused_mlp import _update_weights_folded  # noqa: PLC0415
+    from gpunet.kernels.cpu.update_rules import SGD, hyper_row, update_array  # noqa: PLC0415
+
+    _need_torch(impl)
+    benchmark.group = f"dW + sgd momentum, {n} rows, 784->512"
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, 784)).astype(DTYPE)
+    dz = (rng.standard_normal((n, 512)) / n).astype(DTYPE)
+    W = (rng.standard_normal((512, 784)) / 28).astype(DTYPE)
+    buf = (1e-3 * rng.standard_normal((512, 784))).astype(DTYPE)
+    grad = np.zeros_like(W)
+    group = dict(lr=1e-3, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0)
+    h = hyper_row("sgd", group)
+    p_flat, g_flat, s_flat, none = W.ravel(), grad.ravel(), buf.ravel(), W.ravel()[:0]
+    if impl == "folded":  # a middle step of an epoch: buf arrives scaled, leaves scaled
+        _run(benchmark, _update_weights_folded, p_flat, s_flat, 0, dz, a, h, 5, False, True, True)
+    elif impl == "separate":
+
+        def step():
+            weight_grad(dz, a, grad)
+            update_array(SGD, p_flat, g_flat, s_flat, none, none, h, 5, False, False)
+
+        _run(benchmark, step)
+    else:
+        tW, tdz, ta, tg = (torch.from_numpy(x) for x in (W, dz, a, grad))
+        tW.requires_grad_()
+        tW.grad = tg
+        opt = torch.optim.SGD([tW], foreach=False, **group)
+        opt.state[tW]["momentum_buffer"] = torch.from_numpy(buf)
+
+        def step():
+            torch.mm(tdz.T, ta, out=tg)
+            opt.step()
+
+        _run(benchmark, step)
 
 
 # -------------------------------------------------------------------- denormals
