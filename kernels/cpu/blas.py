@@ -52,10 +52,10 @@ TRANSPOSED_NT_MIN_OUT = 64
 #: batches of more than ``BLOCKED_DW_MAX_ROWS`` and up to this many rows, trained by SGD
 #: with plain momentum, accumulate ``dW`` into the momentum buffer by BLAS
 #: (:func:`accumulate_weight_grad`): no gradient array is zeroed, written and read back
-#: (2-core EPYC VM, 784->512 layer, gradient + update: 32 rows 275 -> 226 µs, 128 rows
-#: 632 -> 614 µs; nothing at 512). Up to here a BLAS sums all rows in one pass (OpenBLAS
-#: splits the sum only from 385 rows), so the result is bit-identical to computing ``dW``
-#: and adding it.
+#: (2-core EPYC VM, 784->512 layer, gradient + update, ``benchmarks/bench_kernels.py -k
+#: weight_grad_and_momentum``: 32 rows 259 -> 237 µs, 128 rows 632 -> 617 µs). Up to here
+#: a BLAS sums all rows in one pass (OpenBLAS splits the sum only from 385 rows), so the
+#: result is bit-identical to computing ``dW`` and adding it.
 FOLDED_MOMENTUM_MAX_ROWS = 256
 # the forward's dot products may be summed in any order, so their reductions vectorize;
 # both CPU paths call the same compiled loop, so they still agree bit for bit

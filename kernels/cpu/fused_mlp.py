@@ -56,6 +56,8 @@ from gpunet.kernels.cpu.update_rules import (
     SGD,
     SGD_MOMENTUM,
     coefficients,
+    decayed_momentum,
+    momentum_weight_step,
     rule_of,
     typed_coefficients,
     update_array,
@@ -177,17 +179,17 @@ def _update_weights_folded(P, S1, off, dz, a, h, step, first, scaled, scale_afte
     buf = S1[off : off + n_out * n_in]
     if not scaled:
         for k in range(buf.shape[0]):
-            buf[k] = buf[k] * momentum
+            buf[k] = decayed_momentum(buf[k], momentum)
     accumulate_weight_grad(dz, a, buf.reshape((n_out, n_in)))
     if scale_after:
         momentum_next = typed_coefficients(SGD, h, step + 1, False, P[0])[2]
         for k in range(p.shape[0]):
             b = buf[k]
-            p[k] = p[k] - b * lr
-            buf[k] = b * momentum_next
+            p[k] = momentum_weight_step(p[k], b, lr)
+            buf[k] = decayed_momentum(b, momentum_next)
     else:
         for k in range(p.shape[0]):
-            p[k] = p[k] - buf[k] * lr
+            p[k] = momentum_weight_step(p[k], buf[k], lr)
 
 
 # ------------------------------------------------------------------- losses

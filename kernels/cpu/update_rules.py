@@ -102,10 +102,23 @@ def apply_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c
     raise NotImplementedError
 
 
+@njit(inline="always", error_model="numpy")
+def decayed_momentum(buf, momentum):
+    """``buf * momentum``: the plain momentum rule's first term (:data:`SGD_MOMENTUM`)."""
+    return buf * momentum
+
+
+@njit(inline="always", error_model="numpy")
+def momentum_weight_step(p, buf, lr):
+    """``p - buf * lr``: the plain momentum rule's weight update."""
+    return p - buf * lr
+
+
 def _sgd_momentum_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
-    # the SGD rule with c0 = c3 = c5 = 1, c1 = c4 = 0
-    buf = s1 * c2 + g
-    return p - buf * c6, buf, s2, s3
+    # the SGD rule with c0 = c3 = c5 = 1, c1 = c4 = 0; its two halves are also run
+    # apart, around a BLAS sum, by fused_mlp._update_weights_folded
+    buf = decayed_momentum(s1, c2) + g
+    return momentum_weight_step(p, buf, c6), buf, s2, s3
 
 
 def _adam_plain_rule(kind, p, g, s1, s2, s3, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
