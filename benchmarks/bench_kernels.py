@@ -295,6 +295,44 @@ def test_weight_grad_and_momentum_update(benchmark, n, impl):
         _run(benchmark, step)
 
 
+# ------------------------------------------------------- shuffled batch gather
+@pytest.mark.parametrize("impl", ["numba", "reference", "torch"])
+@pytest.mark.parametrize("n", [128, 512])
+def test_gather_batch(benchmark, n, impl):
+    """A shuffled batch's rows out of a 60,000 x 784 data set (188 MB): the fused epoch's
+    :func:`gather_rows` against NumPy's ``take`` and torch's ``index_select``. Each
+    call takes the next ``n`` rows of one permutation, as an epoch does, so the rows
+    come from memory, not from the cache."""
+    from gpunet.kernels.cpu.gather import gather_rows  # noqa: PLC0415
+
+    _need_torch(impl)
+    benchmark.group = f"gather {n} shuffled rows of 60000x784"
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60_000, 784), dtype=DTYPE)
+    order = rng.permutation(len(X))
+    out = np.empty((n, 784), DTYPE)
+    starts = iter(np.tile(np.arange(0, len(X) - n, n), 1000))
+    if impl == "numba":
+        gather = gather_rows
+    elif impl == "reference":
+
+        def gather(X, rows, out):
+            np.take(X, rows, axis=0, out=out)
+
+    else:
+        tX, t_order, t_out = torch.from_numpy(X), torch.from_numpy(order), torch.from_numpy(out)
+
+        def gather(X, rows, out):
+            torch.index_select(tX, 0, t_order[rows[0] : rows[0] + n], out=t_out)
+
+    def next_batch():
+        start = next(starts)
+        rows = order[start : start + n] if impl != "torch" else (start,)
+        gather(X, rows, out)
+
+    _run(benchmark, next_batch)
+
+
 # -------------------------------------------------------------------- denormals
 @pytest.mark.parametrize("mode", ["flush_off", "flush_on", "mxcsr_ftz"])
 def test_denormal_momentum(benchmark, mode):

@@ -265,6 +265,31 @@ def test_dense_noncontiguous_inputs():
         assert_close(got, ref, 1e-12, 100.0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64], ids=["f32", "f64", "i64"])
+@pytest.mark.parametrize(
+    "n_rows, n_cols, batch",
+    # one row; fewer rows than the prefetch look-ahead; width 1; rows of several pages
+    [(1, 5, 1), (9, 3, 3), (50, 1, 17), (40, 2500, 13), (300, 784, 128)],
+)
+def test_gather_rows(n_rows, n_cols, batch, dtype):
+    """The shuffled batch copy is NumPy's ``X[rows]``, for repeated rows, the last row,
+    and a strided view of ``X``; an empty batch writes nothing."""
+    from gpunet.kernels.cpu.gather import gather_rows
+
+    rng = np.random.default_rng(n_rows * n_cols + batch)
+    X = (rng.standard_normal((n_rows, 2 * n_cols)) * 1000).astype(dtype)
+    rows = rng.integers(0, n_rows, batch)
+    rows[-1] = n_rows - 1
+    for source in (np.ascontiguousarray(X[:, :n_cols]), X[:, ::2]):
+        out = np.full((batch + 2, n_cols), -7, dtype)  # rows past the batch stay as they are
+        gather_rows(source, rows, out)
+        np.testing.assert_array_equal(out[:batch], source[rows])
+        assert (out[batch:] == -7).all()
+    untouched = np.full((2, n_cols), -7, dtype)
+    gather_rows(X, rows[:0], untouched)
+    assert (untouched == -7).all()
+
+
 # ---------------------------------------------------------- softmax cross-entropy
 SOFTMAX_SHAPES = [(1, 1), (1, 10), (7, 13), (33, 5), (4, 1000)]
 

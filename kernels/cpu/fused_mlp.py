@@ -7,7 +7,8 @@ optimizer state in ``S1``..``S3``, laid out like ``P``) so every step runs with 
 Python in between.
 
 Per step:
-- input: the batch's rows of the epoch's permutation, gathered into the workspace (or a
+- input: the batch's rows of the epoch's permutation, gathered into the workspace
+  (:func:`gather.gather_rows`, which prefetches the rows ahead; or a
   slice of ``X`` when training in order);
 - forward: ``a_prev @ W.T`` into a workspace (:func:`blas.matmul_nt`: BLAS, or the
   skinny loops for 3-16 rows), then the fused bias + activation epilogue
@@ -47,6 +48,7 @@ from gpunet.kernels.cpu.blas import (
 )
 from gpunet.kernels.cpu.denormals import hardware_flush_active  # noqa: F401 (interface)
 from gpunet.kernels.cpu.dense import GELU, _backward_epilogue, _forward_epilogue, _like
+from gpunet.kernels.cpu.gather import gather_rows
 from gpunet.kernels.cpu.softmax_xent import _softmax_xent_rows
 from gpunet.kernels.cpu.update_rules import (
     ADAGRAD,
@@ -248,13 +250,12 @@ def _mse(out, target, mean, dout):
 def _gather_batch(X, labels, targets, rows, xb, label_rows, target_rows):
     """``xb[r] = X[rows[r]]`` and the matching labels (cross-entropy) or target rows
     (MSE; whichever of ``labels`` / ``targets`` is not empty)."""
-    for r in range(rows.shape[0]):
-        i = rows[r]
-        xb[r, :] = X[i]
-        if labels.shape[0]:
-            label_rows[r] = labels[i]
-        if targets.shape[0]:
-            target_rows[r, :] = targets[i]
+    gather_rows(X, rows, xb)
+    if labels.shape[0]:
+        for r in range(rows.shape[0]):
+            label_rows[r] = labels[rows[r]]
+    if targets.shape[0]:
+        gather_rows(targets, rows, target_rows)
 
 
 def workspace_size(layers, batch_size: int, gather: bool = False) -> int:
