@@ -13,7 +13,8 @@ then times rounds of several calls; compare the ``numba`` row of a group with it
 ``reference`` (and ``torch``) row. Shapes: dense (N, 512) x (512, 512) for N in
 {1, 8, 128} (8: the skinny matmul loops); softmax cross-entropy (N, 10) and (N, 1000);
 optimizers over a (512, 512) parameter and a (512,) one; the weight gradient with the
-momentum update, folded or not, at 32-512 rows on a 784->512 layer. float32 throughout.
+momentum update, folded or not, at 32-512 rows on a 784->512 layer; the gather of
+128 or 512 shuffled rows of a 60,000 x 784 data set. float32 throughout.
 
 On a shared 2-core machine run with ``OMP_NUM_THREADS=1``: when another process holds
 the second core, a 2-thread OpenBLAS (or torch) GEMM waits for its worker thread and a
