@@ -191,16 +191,20 @@ def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eva
 
 
 # --------------------------------------------------------------------------- machine
-def machine_info() -> dict:
-    """CPU, cores, library versions, BLAS and thread settings, date, load."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """CPU, cores, library versions, BLAS and thread settings, date, load."""
+    cpu = cpu_name()
     versions = {"python": platform.python_version(), "numpy": np.__version__}
     for name in ("numba", "torch", "sklearn", "gpunet"):
         try:
