@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -70,21 +71,30 @@ def flops_per_sample(widths) -> dict:
     }
 
 
-def matmul_rate(widths, repeats: int, m: int = 4096) -> dict:
-    """GFLOP/s of float32 ``np.matmul`` (m x in) @ (in x out) for the first two layers'
-    shapes, median of ``repeats`` after one warm-up; ``peak`` is the better of the two."""
+@functools.lru_cache(maxsize=1)
+def _sgemm_operands(widths: tuple, m: int) -> list:
+    """``[(A (m, in), B (in, out), C (m, out))]`` float32 for the first two layers."""
     rng = np.random.default_rng(1)
-    rates = {}
+    operands = []
     for k_in, n_out in list(zip(widths[:-1], widths[1:]))[:2]:
         A = rng.random((m, k_in), dtype=np.float32)
         B = rng.random((k_in, n_out), dtype=np.float32)
-        C = np.empty((m, n_out), np.float32)
+        operands.append((A, B, np.empty((m, n_out), np.float32)))
+    return operands
+
+
+def matmul_rate(widths, repeats: int, m: int = 4096) -> dict:
+    """GFLOP/s of float32 ``np.matmul`` (m x in) @ (in x out) for the first two layers'
+    shapes, median of ``repeats`` after one warm-up; ``peak`` is the better of the two."""
+    rates = {}
+    for A, B, C in _sgemm_operands(tuple(widths), m):
         np.matmul(A, B, out=C)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             np.matmul(A, B, out=C)
             times.append(time.perf_counter() - t0)
+        (k_in, n_out) = B.shape
         flop = 2 * m * k_in * n_out
         rates[f"{m}x{k_in} @ {k_in}x{n_out}"] = flop / statistics.median(times) / 1e9
     return {"gflops": rates, "peak": max(rates.values())}
@@ -99,6 +109,7 @@ def time_train(peer, X, y, batch_size: int) -> float:
 
 
 PAUSE_BETWEEN_PEERS_S = 1.0  # lets the previous peer's worker threads go to sleep
+ROW_SGEMM_REPEATS = 3  # calls per shape in a row's sgemm turn
 
 
 def choose_slice(row_peers, X, y, batch_size: int, target_s: float) -> int:
@@ -157,11 +168,17 @@ def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eva
     # previous peer's idle worker threads (PyTorch's OpenMP pool spin-waits after each op
     # by default, OpenBLAS's for up to ~0.4 s) go to sleep before the next peer runs;
     # back to back on 2 cores they stole the cores of its BLAS threads (up to 4x slower).
+    # The sgemm takes a turn of its own in each round, so each row's GFLOP/s can also be
+    # read against the BLAS rate of the minutes the row ran in.
     times = {peer.key: [] for peer in row_peers}
+    row_sgemm = []
     for _ in range(args.repeats):
         for peer in row_peers:
             time.sleep(PAUSE_BETWEEN_PEERS_S)
             times[peer.key].append(time_train(peer, X[:n_slice], y[:n_slice], batch_size))
+        time.sleep(PAUSE_BETWEEN_PEERS_S)
+        row_sgemm.append(matmul_rate(args.widths, ROW_SGEMM_REPEATS)["peak"])
+    row_sgemm_median = statistics.median(row_sgemm)
     results = []
     for peer in row_peers:
         r = summarize(times[peer.key], n_slice)
@@ -174,6 +191,9 @@ def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eva
             slice_samples=n_slice,
             steps=-(-n_slice // batch_size),
             gflops=r["samples_per_s"] * flops / 1e9,
+            row_sgemm_gflops=row_sgemm_median,
+            row_sgemm_rounds=row_sgemm,
+            pct_row_sgemm=100 * r["samples_per_s"] * flops / 1e9 / row_sgemm_median,
             loss_after=peer.loss(X_eval, y_eval),
             **peer.info(),
         )
@@ -285,7 +305,9 @@ def markdown(report: dict) -> str:
         f"Measured sgemm (np.matmul float32, median of {meta['matmul']['repeats']}): "
         + ", ".join(f"{k}: {v:.1f}" for k, v in meta["matmul"]["gflops"].items())
         + f" GFLOP/s; end of run: {meta['matmul_end']['peak']:.1f} GFLOP/s. "
-        f"Peak reference: {meta['peak_gflops']:.1f} GFLOP/s.",
+        f"Peak reference: {meta['peak_gflops']:.1f} GFLOP/s. Row sgemm: the same "
+        "matmuls, taking one turn per round of the row after the same pause as the "
+        "frameworks (median of the rounds' better shape).",
         "",
         f"samples/s = samples of a slice of the epoch / seconds (median of "
         f"{meta['repeats']} repeats after warm-up), an estimate of one full epoch's "
@@ -311,8 +333,8 @@ def markdown(report: dict) -> str:
         "## Details",
         "",
         "| optimizer | batch | framework | samples/s median [min–max] | GFLOP/s | "
-        "% of matmul peak | ÷ PyTorch | s/repeat | loss after |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "% of matmul peak | row sgemm (% of it) | ÷ PyTorch | s/repeat | loss after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = r["label"] + (f" [{r['engine']}]" if r.get("engine") else "")
@@ -320,7 +342,8 @@ def markdown(report: dict) -> str:
         out.append(
             f"| {r['optimizer']} | {batch_label(r)} | {name} | {fmt_rate(r['samples_per_s'])} "
             f"[{fmt_rate(r['min'])}–{fmt_rate(r['max'])}] | {r['gflops']:.1f} | "
-            f"{r['pct_peak']:.1f}% | {ratio} | {statistics.median(r['seconds']):.2f} | "
+            f"{r['pct_peak']:.1f}% | {r['row_sgemm_gflops']:.0f} ({r['pct_row_sgemm']:.1f}%) | "
+            f"{ratio} | {statistics.median(r['seconds']):.2f} | "
             f"{r['loss_after']:.4f} |"
         )
     denormal = [r for r in rows if r["framework"] == "gpunet-noflush"]
