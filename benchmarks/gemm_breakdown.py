@@ -22,8 +22,9 @@ NumPy's ``np.matmul`` is a second OpenBLAS with its own worker thread; timed rig
 gpunet trained, it runs at about half speed while the other library's idle worker
 spin-waits (see benchmarks/README.md), so it would understate the reference here.
 
-From 257 rows a fused step makes exactly these products (smaller SGD batches add
-``dW`` into the momentum buffer instead). Each line is the median over the rounds.
+From 257 rows a fused step makes exactly these products (below that, SGD adds ``dW``
+into its momentum buffer, and batches of up to 16 rows take other routes: see
+``kernels/cpu/blas.py``). Each line is the median over the rounds.
 """
 
 from __future__ import annotations

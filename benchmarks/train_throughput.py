@@ -94,7 +94,7 @@ def matmul_rate(widths, repeats: int, m: int = 4096) -> dict:
             t0 = time.perf_counter()
             np.matmul(A, B, out=C)
             times.append(time.perf_counter() - t0)
-        (k_in, n_out) = B.shape
+        k_in, n_out = B.shape
         flop = 2 * m * k_in * n_out
         rates[f"{m}x{k_in} @ {k_in}x{n_out}"] = flop / statistics.median(times) / 1e9
     return {"gflops": rates, "peak": max(rates.values())}
