@@ -34,7 +34,6 @@ import datetime
 import os
 import statistics
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -50,6 +49,9 @@ from benchmarks.train_throughput import (  # noqa: E402
     cpu_name,
     flops_per_sample,
     make_data,
+    median_seconds,
+    sgemm_operands,
+    time_train,
 )
 from gpunet.kernels.cpu import blas  # noqa: E402
 
@@ -60,17 +62,6 @@ REFERENCE_ROWS = 4096
 def _sgemm(a, b, out):
     """``out = a @ b`` by the BLAS the kernels call."""
     np.dot(a, b, out)
-
-
-def median_seconds(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls, after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def step_products(widths, batch_size: int, seed: int = 0) -> dict:
@@ -94,13 +85,11 @@ def step_products(widths, batch_size: int, seed: int = 0) -> dict:
 
 
 def reference_products(widths) -> dict:
-    """``{name: (call, flop)}``: the sgemm of the first two layers' shapes."""
-    rng = np.random.default_rng(1)
+    """``{name: (call, flop)}``: the sgemm of the first two layers' shapes (the operands
+    ``train_throughput`` times with ``np.matmul``)."""
     products = {}
-    for k_in, n_out in list(zip(widths, widths[1:]))[:2]:
-        a = rng.random((REFERENCE_ROWS, k_in), dtype=np.float32)
-        b = rng.random((k_in, n_out), dtype=np.float32)
-        out = np.empty((REFERENCE_ROWS, n_out), np.float32)
+    for a, b, out in sgemm_operands(tuple(widths), REFERENCE_ROWS):
+        k_in, n_out = b.shape
         flop = 2 * REFERENCE_ROWS * k_in * n_out
         products[f"{REFERENCE_ROWS}x{k_in} @ {k_in}x{n_out}"] = (partial(_sgemm, a, b, out), flop)
     return products
@@ -127,9 +116,7 @@ def breakdown(widths, batch_size: int, optimizer: str, rounds: int, repeats: int
             seen[name].append(flop / seconds / 1e9)
             total_s, total_flop = total_s + seconds, total_flop + flop
         seen["gemms"].append(total_flop / total_s / 1e9)
-        t0 = time.perf_counter()
-        peer.train(X, y, batch_size)
-        seen["epoch"].append(epoch_flop / (time.perf_counter() - t0) / 1e9)
+        seen["epoch"].append(epoch_flop / time_train(peer, X, y, batch_size) / 1e9)
     med = {name: statistics.median(rates) for name, rates in seen.items()}
     return {
         "batch_size": batch_size,

@@ -72,7 +72,7 @@ def flops_per_sample(widths) -> dict:
 
 
 @functools.lru_cache(maxsize=2)
-def _sgemm_operands(widths: tuple, m: int) -> list:
+def sgemm_operands(widths: tuple, m: int) -> list:
     """``[(A (m, in), B (in, out), C (m, out))]`` float32 for the first two layers."""
     rng = np.random.default_rng(1)
     operands = []
@@ -83,20 +83,25 @@ def _sgemm_operands(widths: tuple, m: int) -> list:
     return operands
 
 
+def median_seconds(fn, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def matmul_rate(widths, repeats: int, m: int = 4096) -> dict:
     """GFLOP/s of float32 ``np.matmul`` (m x in) @ (in x out) for the first two layers'
     shapes, median of ``repeats`` after one warm-up; ``peak`` is the better of the two."""
     rates = {}
-    for A, B, C in _sgemm_operands(tuple(widths), m):
-        np.matmul(A, B, out=C)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            np.matmul(A, B, out=C)
-            times.append(time.perf_counter() - t0)
+    for A, B, C in sgemm_operands(tuple(widths), m):
         k_in, n_out = B.shape
-        flop = 2 * m * k_in * n_out
-        rates[f"{m}x{k_in} @ {k_in}x{n_out}"] = flop / statistics.median(times) / 1e9
+        seconds = median_seconds(lambda A=A, B=B, C=C: np.matmul(A, B, out=C), repeats)
+        rates[f"{m}x{k_in} @ {k_in}x{n_out}"] = 2 * m * k_in * n_out / seconds / 1e9
     return {"gflops": rates, "peak": max(rates.values())}
 
 
