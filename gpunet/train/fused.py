@@ -14,6 +14,9 @@ weights match to float tolerance).
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 
 from gpunet.activations import get_activation
@@ -92,6 +95,9 @@ class FusedDenseEngine:
     """Runs epochs with ``backend.fused_epoch_kernel()``; see the module docstring."""
 
     name = "fused"
+    #: run the steps that ``data_parallel_split`` splits on two threads where the process
+    #: may use two CPUs (False: on the calling thread, with the same sums)
+    data_parallel = True
 
     def __init__(
         self,
@@ -144,6 +150,7 @@ class FusedDenseEngine:
         total = int(sizes.sum())
         self.P = np.empty(total, dtype)
         self.G = np.zeros(total, dtype)
+        self.G_b = None  # the data-parallel worker's dW, allocated on first use
         self.S = [np.zeros(0, dtype) for _ in range(3)]  # sized by _load
 
     def _slot_used(self, key) -> bool:
@@ -209,6 +216,19 @@ class FusedDenseEngine:
                     state[key] = self._views(slot, k).copy()
 
     # ---------------------------------------------------------------- epoch
+    def _workspace(self, rows: int, dtype, gather: bool, worker: bool = False):
+        """The kernel's scratch for steps of ``rows`` rows (this thread's, or the
+        data-parallel ``worker``'s), kept across epochs while the batch size stays:
+        fresh memory costs page faults."""
+        key = (rows, np.dtype(dtype), gather, worker)
+        work = self._work.get(key)
+        if work is None:
+            for stale in [old for old in self._work if old[3] == worker]:
+                del self._work[stale]
+            size = self.kernels.workspace_size(self.layer_table, rows, gather)
+            work = self._work[key] = np.empty(size, dtype)
+        return work
+
     def train_epoch(self, X, y, batch_size: int, on_batch_end=None, order=None):
         """Same contract as ``AutogradEngine.train_epoch`` (``on_batch_end`` is only used
         to advance a progress bar once per epoch)."""
@@ -222,37 +242,80 @@ class FusedDenseEngine:
         else:
             labels = np.zeros(0, np.int64)
             targets = np.ascontiguousarray(y.reshape(len(y), -1), dtype=X.dtype)
-        key = (batch_size, X.dtype, gather)
-        work = self._work.get(key)
-        if work is None:
-            self._work.clear()
-            size = self.kernels.workspace_size(self.layer_table, batch_size, gather)
-            work = self._work[key] = np.empty(size, X.dtype)
-        loss_sum, correct = self.kernels.train_epoch(
-            X,
-            labels,
-            targets,
-            order,
-            batch_size,
-            self.layer_table,
-            self.param_table,
-            self.P,
-            self.G,
-            *self.S,
-            H,
-            steps,
-            firsts,
-            work,
-            self.opt_code,
-            self.loss_code,
-            float(getattr(self.loss, "label_smoothing", 0.0)),
-            self.loss.reduction == "mean",
-            self.flush_denormals and not self.kernels.hardware_flush_active(),
+        k = self.kernels
+        n_last = len(X) % batch_size
+        two_threads = (
+            self.data_parallel
+            and usable_cpus() >= 2
+            and bool(
+                k.data_parallel_split(min(batch_size, len(X))) or k.data_parallel_split(n_last)
+            )
         )
+        rows, worker_rows = k.scratch_rows(len(X), batch_size, two_threads)
+        work = self._workspace(rows, X.dtype, gather)
+        smoothing = float(getattr(self.loss, "label_smoothing", 0.0))
+        mean = self.loss.reduction == "mean"
+        do_flush = self.flush_denormals and not k.hardware_flush_active()
+        shared_args = (X, labels, targets, order, self.layer_table, self.param_table, self.P)
+        if two_threads:
+            if self.G_b is None:
+                self.G_b = np.zeros_like(self.G)
+            worker = k.data_parallel_worker_thread(
+                *shared_args,
+                self.G,
+                self.G_b,
+                *self.S,
+                H,
+                steps,
+                firsts,
+                self._workspace(worker_rows, X.dtype, gather, worker=True),
+                self.opt_code,
+                self.loss_code,
+                smoothing,
+                mean,
+                do_flush,
+            )
+            G_b = self.G_b
+        else:
+            worker = contextlib.nullcontext((np.zeros(0, np.int64), np.zeros(0)))
+            G_b = self.G[:0]
+        with worker as (flags, shared):
+            loss_sum, correct = k.train_epoch(
+                X,
+                labels,
+                targets,
+                order,
+                batch_size,
+                self.layer_table,
+                self.param_table,
+                self.P,
+                self.G,
+                *self.S,
+                H,
+                steps,
+                firsts,
+                work,
+                self.opt_code,
+                self.loss_code,
+                smoothing,
+                mean,
+                do_flush,
+                flags,
+                shared,
+                G_b,
+            )
         self._store(steps)
         for p in self.params:
             p.grad = None
         return float(loss_sum), (int(correct) if self.track_accuracy else None)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _state_kept(opt_name: str, key: str, group: dict) -> bool:

@@ -364,11 +364,10 @@ def _backward_dispatch(dy, saved, dz, acc, code):
 
 
 @njit(cache=True, error_model="numpy")
-def _backward_epilogue(dy, saved, dz, db, code):
-    """``dz = act'(saved) * dy`` (N, M) and ``db = dz.sum(0)`` (M,) in one pass; the column
-    sums accumulate in float64. For LINEAR ``dz`` is not written (the caller uses ``dy``).
-    ``dz`` may be ``dy`` itself (in place)."""
-    acc = np.zeros(dy.shape[1], np.float64)
+def _backward_epilogue_sums(dy, saved, dz, acc, code):
+    """``dz = act'(saved) * dy`` (N, M) in one pass that also adds ``dz.sum(0)`` to the
+    float64 column sums ``acc`` (M,), row after row. For LINEAR ``dz`` is not written
+    (the caller uses ``dy``). ``dz`` may be ``dy`` itself (in place)."""
     if dz.ctypes.data == dy.ctypes.data:
         # in place: pass one array for both, so the loop vectorizes (two pointers to the
         # same memory fail LLVM's runtime overlap check and run the scalar loop, 3-4x
@@ -376,6 +375,23 @@ def _backward_epilogue(dy, saved, dz, db, code):
         _backward_dispatch(dy, saved, dy, acc, code)
     else:
         _backward_dispatch(dy, saved, dz, acc, code)
+
+
+@njit(cache=True, error_model="numpy")
+def _backward_epilogue(dy, saved, dz, db, code):
+    """``dz = act'(saved) * dy`` (N, M) and ``db = dz.sum(0)`` (M,) in one pass; the column
+    sums accumulate in float64, over each half of the rows on its own where
+    :func:`blas.data_parallel_split` splits N. For LINEAR ``dz`` is not written (the
+    caller uses ``dy``). ``dz`` may be ``dy`` itself (in place)."""
+    acc = np.zeros(dy.shape[1], np.float64)
+    half = blas.data_parallel_split(dy.shape[0])
+    if half:  # the halves' sums, added: what the fused epoch's two threads compute
+        acc_b = np.zeros(dy.shape[1], np.float64)
+        _backward_epilogue_sums(dy[:half], saved[:half], dz[:half], acc, code)
+        _backward_epilogue_sums(dy[half:], saved[half:], dz[half:], acc_b, code)
+        acc += acc_b
+    else:
+        _backward_epilogue_sums(dy, saved, dz, acc, code)
     for j in range(acc.shape[0]):
         db[j] = acc[j]
 
@@ -406,7 +422,7 @@ def dense_backward(dy, x, W, saved, act, need_dx=True):
     ``dy`` (N, out), ``x`` (N, in), ``W`` (out, in), ``saved`` (N, out) as returned by the
     forward -> ``dx`` (N, in) or None when ``need_dx`` is False, ``dW`` (out, in),
     ``db`` (out,). ``dy`` is not modified. The products are those of :mod:`blas`, the
-    ones the fused epoch uses, so both paths compute bit-identical gradients.
+    ones the fused epoch uses, so both paths compute the same gradients.
     """
     code = activation_code(act)
     dy = np.ascontiguousarray(dy)

@@ -32,6 +32,9 @@ Parameter table ``params`` (K, 2) int64: ``offset, size`` into ``P``.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 from numba import njit
 
@@ -41,15 +44,25 @@ from gpunet.kernels.cpu.blas import (
     WEIGHT_GRAD_BLOCK_ROWS,
     accumulate_dx,
     accumulate_weight_grad,
+    data_parallel_split,
     matmul_nn,
     matmul_nt,
+    one_blas_thread,
     weight_grad,
     weight_grad_block,
+    weight_grad_piece,
 )
-from gpunet.kernels.cpu.denormals import hardware_flush_active  # noqa: F401 (interface)
-from gpunet.kernels.cpu.dense import GELU, _backward_epilogue, _forward_epilogue, _like
+from gpunet.kernels.cpu.denormals import flush_denormals, hardware_flush_active
+from gpunet.kernels.cpu.dense import (
+    GELU,
+    _backward_epilogue,
+    _backward_epilogue_sums,
+    _forward_epilogue,
+    _like,
+)
 from gpunet.kernels.cpu.gather import gather_rows
 from gpunet.kernels.cpu.softmax_xent import _softmax_xent_rows
+from gpunet.kernels.cpu.threads import atomic_store, wait_for, wait_for_change
 from gpunet.kernels.cpu.update_rules import (
     ADAGRAD,
     ADAM,
@@ -217,13 +230,14 @@ def _scale_rows(grad, s):
 
 
 @njit(cache=True, error_model="numpy")
-def _cross_entropy(out, target, smoothing, mean, losses, dout):
-    """Softmax cross-entropy of ``out`` (nb, C); writes ``dout`` as the autograd path
-    does (per-row gradient, then times ``1 / nb`` rounded to the dtype for the mean).
-    Returns the sum of the per-row losses."""
+def _cross_entropy(out, target, smoothing, mean, batch_rows, losses, dout):
+    """Softmax cross-entropy of ``out`` (rows, C), rows of a batch of ``batch_rows``;
+    writes ``dout`` as the autograd path does (per-row gradient, then times
+    ``1 / batch_rows`` rounded to the dtype for the mean). Returns the sum of the
+    per-row losses."""
     _softmax_xent_rows(out, target, smoothing, 1.0, losses, dout)
     if mean:
-        _scale_rows(dout, _like(1.0 / out.shape[0], dout[0, 0]))
+        _scale_rows(dout, _like(1.0 / batch_rows, dout[0, 0]))
     total = 0.0
     for r in range(out.shape[0]):
         total += losses[r]
@@ -231,11 +245,12 @@ def _cross_entropy(out, target, smoothing, mean, losses, dout):
 
 
 @njit(cache=True, error_model="numpy")
-def _mse(out, target, mean, dout):
-    """Squared error of ``out`` vs ``target`` (nb, K); ``dout = s*d + s*d`` with
-    ``s = 1/(nb*K)`` (mean) or 1 (sum), the autograd path's order. Returns the sum."""
+def _mse(out, target, mean, batch_rows, dout):
+    """Squared error of ``out`` vs ``target`` (rows, K), rows of a batch of
+    ``batch_rows``; ``dout = s*d + s*d`` with ``s = 1/(batch_rows*K)`` (mean) or 1
+    (sum), the autograd path's order. Returns the sum."""
     total = 0.0
-    s = _like(1.0 / out.size if mean else 1.0, dout[0, 0])
+    s = _like(1.0 / (batch_rows * out.shape[1]) if mean else 1.0, dout[0, 0])
     for r in range(out.shape[0]):
         for j in range(out.shape[1]):
             d = out[r, j] - target[r, j]
@@ -258,18 +273,403 @@ def _gather_batch(X, labels, targets, rows, xb, label_rows, target_rows):
         gather_rows(targets, rows, target_rows)
 
 
-def workspace_size(layers, batch_size: int, gather: bool = False) -> int:
-    """Elements of scratch :func:`train_epoch` needs: per layer, activations and output
-    gradients (batch, width), plus saved pre-activations for GELU layers; with
-    ``gather`` (a shuffled epoch), the batch's input rows (batch, features) too."""
+# --------------------------------------------------- data-parallel steps
+# int64 flags shared with the worker thread (see threads.py)
+FLAG_GENERATION = 0  # raised by the epoch to hand the worker a task; -1: exit
+FLAG_TASK = 1  # TASK_FORWARD_BACKWARD or TASK_UPDATE
+FLAG_START = 2  # the worker's rows: order[start:start + rows] (or X's)
+FLAG_ROWS = 3
+FLAG_BATCH_ROWS = 4  # rows of the whole step
+FLAG_DONE = 5  # the generation the worker finished last; WORKER_FAILED: it raised
+FLAG_CORRECT = 6  # the worker's correct predictions
+N_FLAGS = 7
+TASK_FORWARD_BACKWARD, TASK_UPDATE = 0, 1
+WORKER_FAILED = -2
+
+
+def shared_size(layers) -> int:
+    """float64 elements the worker reports through: its loss sum, then each layer's
+    bias-gradient column sums."""
+    return 1 + int(layers[:, 1].sum())
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _forward_backward(
+    X,
+    labels,
+    targets,
+    order,
+    start,
+    rows,
+    batch_rows,
+    layers,
+    params,
+    P,
+    Gx,
+    work,
+    col_sums,
+    loss_kind,
+    smoothing,
+    mean_reduction,
+):
+    """Forward and backward of the rows ``order[start:start + rows]`` (or
+    ``X[start:start + rows]`` when ``order`` is empty), part of a step on
+    ``batch_rows`` rows, with the step's weights, leaving the update to the caller:
+    each layer's ``dW`` of these rows goes to ``Gx`` at the weight's offset, its
+    bias-gradient sums are added to the float64 ``col_sums`` (layer ``l`` after the
+    widths of the layers before it). ``work``: scratch of at least
+    :func:`workspace_size` elements for ``rows``. Returns ``(loss sum, correct)``."""
+    n_layers = layers.shape[0]
+    n_features = X.shape[1]
+    acts = []
+    saved = []
+    grads = []
+    off = 0
+    for l in range(n_layers):
+        size = rows * layers[l, 1]
+        shape = (rows, layers[l, 1])
+        acts.append(work[off : off + size].reshape(shape))
+        off += size
+        if layers[l, 4] == GELU:
+            saved.append(work[off : off + size].reshape(shape))
+            off += size
+        else:
+            saved.append(acts[l])
+        grads.append(work[off : off + size].reshape(shape))
+        off += size
+    if order.shape[0] != 0:
+        xb = work[off : off + rows * n_features].reshape((rows, n_features))
+        y_b = np.empty(rows if labels.shape[0] else 0, labels.dtype)
+        t_b = np.empty((rows if targets.shape[0] else 0, targets.shape[1]), targets.dtype)
+        _gather_batch(X, labels, targets, order[start : start + rows], xb, y_b, t_b)
+    else:
+        xb = X[start : start + rows]
+        y_b = labels[start : start + rows]
+        t_b = targets[start : start + rows]
+    a_prev = xb
+    for l in range(n_layers):
+        n_in, n_out, wp, bp, act = (
+            layers[l, 0],
+            layers[l, 1],
+            layers[l, 2],
+            layers[l, 3],
+            layers[l, 4],
+        )
+        W = P[params[wp, 0] : params[wp, 0] + n_out * n_in].reshape((n_out, n_in))
+        matmul_nt(a_prev, W, acts[l])
+        if bp >= 0:
+            b = P[params[bp, 0] : params[bp, 0] + n_out]
+        else:
+            b = np.zeros(n_out, P.dtype)
+        _forward_epilogue(acts[l], b, saved[l], act)
+        a_prev = acts[l]
+    out, dout = acts[n_layers - 1], grads[n_layers - 1]
+    correct = 0
+    if loss_kind == CROSS_ENTROPY:
+        loss_rows = np.empty(rows, P.dtype)
+        total = _cross_entropy(out, y_b, smoothing, mean_reduction, batch_rows, loss_rows, dout)
+        correct = _correct_count(out, y_b)
+    else:
+        total = _mse(out, t_b, mean_reduction, batch_rows, dout)
+    sums_end = col_sums.shape[0]
+    for l in range(n_layers - 1, -1, -1):
+        n_in, n_out, wp = layers[l, 0], layers[l, 1], layers[l, 2]
+        w_off = params[wp, 0]
+        W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
+        dz = grads[l]
+        _backward_epilogue_sums(
+            dz, saved[l], dz, col_sums[sums_end - n_out : sums_end], layers[l, 4]
+        )
+        sums_end -= n_out
+        if l > 0:
+            matmul_nn(dz, W, grads[l - 1])
+        a_in = xb if l == 0 else acts[l - 1]
+        weight_grad_piece(dz, a_in, Gx[w_off : w_off + n_out * n_in].reshape((n_out, n_in)))
+    return total, correct
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _update_weights_part(
+    kind, P, G, G_b, S1, S2, S3, H, steps, firsts, layers, params, do_flush, second
+):
+    """The update of every weight matrix from ``G + G_b`` (the two threads' ``dW``, added
+    as :func:`blas.weight_grad` adds its halves), over the first or ``second`` half of
+    its elements: each thread sweeps one half."""
+    for l in range(layers.shape[0]):
+        wp = layers[l, 2]
+        off, size = params[wp, 0], params[wp, 1]
+        lo, hi = (off + size // 2, off + size) if second else (off, off + size // 2)
+        for k in range(lo, hi):
+            G[k] = G[k] + G_b[k]
+        update_array(
+            kind,
+            P[lo:hi],
+            G[lo:hi],
+            S1[lo:hi],
+            S2[lo:hi],
+            S3[lo:hi],
+            H[wp],
+            steps[wp],
+            firsts[wp] != 0,
+            do_flush,
+        )
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def data_parallel_worker(
+    flags,
+    shared,
+    X,
+    labels,
+    targets,
+    order,
+    layers,
+    params,
+    P,
+    G,
+    G_b,
+    S1,
+    S2,
+    S3,
+    H,
+    steps,
+    firsts,
+    work,
+    opt_kind,
+    loss_kind,
+    smoothing,
+    mean_reduction,
+    do_flush,
+):
+    """The worker thread of :func:`train_epoch`'s data-parallel steps: waits for a task
+    in ``flags`` (see ``FLAG_*``), runs it, reports it done, until the generation is -1.
+    A forward-backward task writes its ``dW`` to ``G_b`` and its loss sum and
+    bias-gradient sums to ``shared``; an update task sweeps the second half of every
+    weight matrix."""
+    generation = 0
+    while True:
+        generation = wait_for_change(flags, FLAG_GENERATION, generation)
+        if generation < 0:
+            return
+        if flags[FLAG_TASK] == TASK_FORWARD_BACKWARD:
+            sums = shared[1:]
+            sums[:] = 0.0
+            loss, correct = _forward_backward(
+                X,
+                labels,
+                targets,
+                order,
+                flags[FLAG_START],
+                flags[FLAG_ROWS],
+                flags[FLAG_BATCH_ROWS],
+                layers,
+                params,
+                P,
+                G_b,
+                work,
+                sums,
+                loss_kind,
+                smoothing,
+                mean_reduction,
+            )
+            shared[0] = loss
+            flags[FLAG_CORRECT] = correct
+        else:
+            _update_weights_part(
+                opt_kind,
+                P,
+                G,
+                G_b,
+                S1,
+                S2,
+                S3,
+                H,
+                steps,
+                firsts,
+                layers,
+                params,
+                do_flush,
+                True,
+            )
+        atomic_store(flags, FLAG_DONE, generation)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _wait_for_worker(flags, generation):
+    """Wait until the worker has finished task ``generation``; raises if it failed."""
+    if wait_for(flags, FLAG_DONE, generation, WORKER_FAILED) != generation:
+        raise RuntimeError("the data-parallel worker thread failed")
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _hand_over(flags, generation, task):
+    """Give the worker ``task`` as ``generation`` (the task's other flags already set)."""
+    flags[FLAG_TASK] = task
+    atomic_store(flags, FLAG_GENERATION, generation)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _data_parallel_step(
+    X,
+    labels,
+    targets,
+    order,
+    start,
+    nb,
+    layers,
+    params,
+    P,
+    G,
+    G_b,
+    S1,
+    S2,
+    S3,
+    H,
+    steps,
+    firsts,
+    work,
+    col_sums,
+    flags,
+    shared,
+    generation,
+    opt_kind,
+    loss_kind,
+    smoothing,
+    mean_reduction,
+    do_flush,
+):
+    """One step on ``nb`` rows from ``start``, split by :func:`blas.data_parallel_split`:
+    this thread takes the first half, the worker the rest; then each sweeps half of
+    every weight matrix, this thread the biases. Returns ``(loss sum, correct,
+    generation)``."""
+    half = data_parallel_split(nb)
+    flags[FLAG_START] = start + half
+    flags[FLAG_ROWS] = nb - half
+    flags[FLAG_BATCH_ROWS] = nb
+    generation += 1
+    _hand_over(flags, generation, TASK_FORWARD_BACKWARD)
+    col_sums[:] = 0.0
+    loss, correct = _forward_backward(
+        X,
+        labels,
+        targets,
+        order,
+        start,
+        half,
+        nb,
+        layers,
+        params,
+        P,
+        G,
+        work,
+        col_sums,
+        loss_kind,
+        smoothing,
+        mean_reduction,
+    )
+    _wait_for_worker(flags, generation)
+    loss += shared[0]
+    correct += flags[FLAG_CORRECT]
+    for k in range(params.shape[0]):
+        steps[k] += 1
+    generation += 1
+    _hand_over(flags, generation, TASK_UPDATE)
+    _update_weights_part(
+        opt_kind, P, G, G_b, S1, S2, S3, H, steps, firsts, layers, params, do_flush, False
+    )
+    sums_off = 0
+    for l in range(layers.shape[0]):
+        n_out, bp = layers[l, 1], layers[l, 3]
+        if bp >= 0:
+            lo, hi = params[bp, 0], params[bp, 0] + n_out
+            for j in range(n_out):  # the halves' float64 sums, as dense._backward_epilogue
+                G[lo + j] = col_sums[sums_off + j] + shared[1 + sums_off + j]
+            update_array(
+                opt_kind,
+                P[lo:hi],
+                G[lo:hi],
+                S1[lo:hi],
+                S2[lo:hi],
+                S3[lo:hi],
+                H[bp],
+                steps[bp],
+                firsts[bp] != 0,
+                do_flush,
+            )
+        sums_off += n_out
+    _wait_for_worker(flags, generation)
+    for k in range(params.shape[0]):
+        firsts[k] = 0
+    return loss, correct, generation
+
+
+@contextlib.contextmanager
+def data_parallel_worker_thread(*args):
+    """Context manager: a :func:`data_parallel_worker` on its own thread, with BLAS on
+    one thread per caller, for one call of :func:`train_epoch`. ``args``: the worker's
+    arguments after ``flags`` and ``shared``; yields ``(flags, shared)`` for
+    :func:`train_epoch`. The worker flushes denormals as the calling thread does; on
+    exit it is told to stop and joined."""
+    layers = args[4]
+    flags = np.zeros(N_FLAGS, np.int64)
+    shared = np.zeros(shared_size(layers), np.float64)
+    flags[FLAG_GENERATION] = -1
+    data_parallel_worker(flags, shared, *args)  # compiles here, returns at once
+    flags[FLAG_GENERATION] = 0
+    flush = hardware_flush_active()
+
+    errors = []
+
+    def run():
+        try:
+            with flush_denormals(flush):
+                data_parallel_worker(flags, shared, *args)
+        except BaseException as error:  # the epoch must not wait for it forever
+            errors.append(error)
+            flags[FLAG_DONE] = WORKER_FAILED
+
+    thread = threading.Thread(target=run, name="gpunet-data-parallel", daemon=True)
+    with one_blas_thread():
+        thread.start()
+        try:
+            yield flags, shared
+        finally:
+            flags[FLAG_GENERATION] = -1
+            thread.join()
+            if errors:
+                raise RuntimeError("the data-parallel worker thread failed") from errors[0]
+
+
+@njit(cache=True, error_model="numpy")
+def _step_scratch_rows(nb, two_threads):
+    """Rows of scratch a step on ``nb`` rows needs (this thread's, the worker's)."""
+    half = data_parallel_split(nb) if two_threads else 0
+    return (half, nb - half) if half else (nb, 0)
+
+
+@njit(cache=True, error_model="numpy")
+def scratch_rows(n, batch_size, two_threads):
+    """Rows of scratch :func:`train_epoch` needs on this thread and on the worker
+    thread, for an epoch of ``n`` rows in batches of ``batch_size`` (a data-parallel
+    step takes half on each thread)."""
+    full = _step_scratch_rows(min(batch_size, n), two_threads)
+    last = _step_scratch_rows(n % batch_size, two_threads)
+    return max(full[0], last[0]), max(full[1], last[1])
+
+
+def workspace_size(layers, rows: int, gather: bool = False) -> int:
+    """Elements of scratch for steps of ``rows`` rows (:func:`scratch_rows`): per layer,
+    activations and output gradients (rows, width), plus saved pre-activations for GELU
+    layers; with ``gather`` (a shuffled epoch), the step's input rows (rows, features)
+    too."""
     widths = layers[:, 1]
     per_row = 2 * int(widths.sum()) + int(widths[layers[:, 4] == GELU].sum())
     if gather:
         per_row += int(layers[0, 0])
-    return batch_size * per_row
+    return rows * per_row
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def train_epoch(
     X,
     labels,
@@ -292,6 +692,9 @@ def train_epoch(
     smoothing,
     mean_reduction,
     do_flush,
+    flags,
+    shared,
+    G_b,
 ):
     """Train over ``X`` (N, F) in batches of ``batch_size``; the targets are ``labels``
     (N,) int64 for cross-entropy or ``targets`` (N, K) float for MSE (the other one is
@@ -302,11 +705,19 @@ def train_epoch(
     ``H`` (K, 8) float64 hyperparameter rows, ``steps`` (K,) int64 optimizer step counts
     (incremented here), ``firsts`` (K,) int64 1 while a momentum buffer does not exist.
     ``work`` is a scratch buffer of at least :func:`workspace_size` elements.
+
+    Steps that :func:`blas.data_parallel_split` splits run on two threads when a
+    :func:`data_parallel_worker` runs on the same ``flags`` (int64, ``N_FLAGS``),
+    ``shared`` (float64, :func:`shared_size`) and ``G_b`` (like ``G``); an empty
+    ``flags`` runs every step here (with the same sums). On return the worker has
+    finished its last task; stopping it is the caller's.
     Returns ``(loss_sum, correct)``: batch-mean losses times batch sizes, summed, and the
     number of correct arg-max predictions (cross-entropy only).
     """
     n = X.shape[0]
     n_layers = layers.shape[0]
+    two_threads = flags.shape[0] != 0
+    rows = scratch_rows(n, batch_size, two_threads)[0]  # of the steps run here alone
     dtype_tiny = np.finfo(P.dtype).tiny
     zero_bias = np.zeros(1, P.dtype)
     # carve the per-layer activations, saved pre-activations (GELU) and output
@@ -320,16 +731,16 @@ def train_epoch(
     off = 0
     for l in range(n_layers):
         width = layers[l, 1]
-        size = batch_size * width
-        a = work[off : off + size].reshape((batch_size, width))
+        size = rows * width
+        a = work[off : off + size].reshape((rows, width))
         off += size
         acts.append(a)
         if layers[l, 4] == GELU:
-            saved.append(work[off : off + size].reshape((batch_size, width)))
+            saved.append(work[off : off + size].reshape((rows, width)))
             off += size
         else:
             saved.append(a)
-        grads.append(work[off : off + size].reshape((batch_size, width)))
+        grads.append(work[off : off + size].reshape((rows, width)))
         off += size
         if layers[l, 3] < 0:
             zero_biases.append(np.zeros(width, P.dtype))
@@ -339,18 +750,57 @@ def train_epoch(
             db_scratch.append(zero_bias)
     gather = order.shape[0] != 0
     n_features = X.shape[1]
-    x_rows = work[off : off + (batch_size * n_features if gather else 0)]
-    label_rows = np.empty(batch_size if gather else 0, labels.dtype)
-    target_rows = np.empty((batch_size if gather else 0, targets.shape[1]), targets.dtype)
+    x_rows = work[off : off + (rows * n_features if gather else 0)]
+    label_rows = np.empty(rows if gather else 0, labels.dtype)
+    target_rows = np.empty((rows if gather else 0, targets.shape[1]), targets.dtype)
     # dz.T of one layer, for the blocked weight gradient of small batches
-    dz_t = np.empty(layers[:, 1].max() * min(batch_size, BLOCKED_DW_MAX_ROWS), P.dtype)
-    loss_rows = np.empty(batch_size, P.dtype)
+    dz_t = np.empty(layers[:, 1].max() * min(rows, BLOCKED_DW_MAX_ROWS), P.dtype)
+    loss_rows = np.empty(rows, P.dtype)
     # per parameter: its momentum buffer holds momentum * buf (see _update_weights_folded)
     scaled = np.zeros(params.shape[0], np.bool_)
     loss_sum = 0.0
     correct = 0
+    generation = flags[FLAG_GENERATION] if two_threads else 0
+    col_sums = np.zeros(int(layers[:, 1].sum()), np.float64)
     for start in range(0, n, batch_size):
         nb = min(batch_size, n - start)
+        if two_threads and data_parallel_split(nb):
+            total, step_correct, generation = _data_parallel_step(
+                X,
+                labels,
+                targets,
+                order,
+                start,
+                nb,
+                layers,
+                params,
+                P,
+                G,
+                G_b,
+                S1,
+                S2,
+                S3,
+                H,
+                steps,
+                firsts,
+                work,
+                col_sums,
+                flags,
+                shared,
+                generation,
+                opt_kind,
+                loss_kind,
+                smoothing,
+                mean_reduction,
+                do_flush,
+            )
+            correct += step_correct
+            if not mean_reduction:
+                total *= nb
+            elif loss_kind != CROSS_ENTROPY:
+                total /= layers[n_layers - 1, 1]
+            loss_sum += total
+            continue
         if gather:
             xb = x_rows[: nb * n_features].reshape((nb, n_features))
             _gather_batch(
@@ -385,11 +835,11 @@ def train_epoch(
         out = acts[n_layers - 1][:nb]
         dout = grads[n_layers - 1][:nb]
         if loss_kind == CROSS_ENTROPY:
-            total = _cross_entropy(out, y_b, smoothing, mean_reduction, loss_rows[:nb], dout)
+            total = _cross_entropy(out, y_b, smoothing, mean_reduction, nb, loss_rows[:nb], dout)
             correct += _correct_count(out, y_b)
             loss_sum += total if mean_reduction else total * nb
         else:
-            total = _mse(out, t_b, mean_reduction, dout)
+            total = _mse(out, t_b, mean_reduction, nb, dout)
             loss_sum += total / out.shape[1] if mean_reduction else total * nb
         # --------------------------------------------------------- backward
         for l in range(n_layers - 1, -1, -1):

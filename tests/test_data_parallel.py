@@ -1,0 +1,236 @@
+"""Data-parallel steps: the fused epoch runs steps of ``DATA_PARALLEL_MIN_ROWS`` rows or
+more on two threads (half of the rows each, then half of every update sweep). They
+give the weights and optimizer state of the same kernels on one thread bit for bit
+(both sum each half's gradient, then add), and the autograd path's to tolerance."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import gpunet
+from gpunet import nn
+from gpunet.kernels.cpu import blas, fused_mlp
+from gpunet.train import Trainer
+from gpunet.train.fused import FusedDenseEngine
+from tests.test_fused_engine import (
+    LOSSES,
+    OPTIMIZERS,
+    TOLERANCE,
+    assert_close,
+    make_data,
+    make_model,
+)
+
+WORKER_NAME = "gpunet-data-parallel"
+
+
+@pytest.fixture
+def hand_overs(monkeypatch):
+    """The number of tasks each epoch's worker thread was handed (one list per epoch)."""
+    counts = []
+    real = fused_mlp.data_parallel_worker_thread
+
+    def counting(*args):
+        context = real(*args)
+        flags, shared = context.__enter__()
+
+        class Wrapped:
+            def __enter__(self):
+                return flags, shared
+
+            def __exit__(self, *exc):
+                counts.append(int(flags[fused_mlp.FLAG_GENERATION]))
+                return context.__exit__(*exc)
+
+        return Wrapped()
+
+    monkeypatch.setattr(fused_mlp, "data_parallel_worker_thread", counting)
+    return counts
+
+
+def fit(engine, opt_name, loss_name, dtype, n_samples, batch_size, epochs=2):
+    X, y = make_data(dtype, loss_name)
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, len(X), n_samples)
+    X = (X[rows] + rng.standard_normal((n_samples, X.shape[1]))).astype(dtype)
+    y = y[rows]
+    model = make_model(dtype)
+    opt = OPTIMIZERS[opt_name](model.parameters())
+    if "sum" in loss_name:  # gradients batch_size times larger than the mean's
+        for group in opt.param_groups:
+            group["lr"] /= batch_size
+    trainer = Trainer(
+        model,
+        LOSSES[loss_name](),
+        opt,
+        engine=engine,
+        progress=False,
+        verbose=0,
+        metrics=["accuracy"] if loss_name.startswith("ce") else None,
+    )
+    history = trainer.fit(X, y, epochs=epochs, batch_size=batch_size, seed=3)
+    state = {
+        f"{k}.{key}": v
+        for k, p in enumerate(model.parameters())
+        for key, v in opt.state[p].items()
+        if isinstance(v, np.ndarray)
+    }
+    return model.state_dict(), state, history.history
+
+
+CASES = {
+    # two-thread steps of 400 rows and a last one of 100 on one thread
+    "two-then-one": (900, 400, 2),
+    # a full batch split 192 / 193 (odd, the smallest split)
+    "full-odd": (385, 385, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+def test_two_threads_match_one_thread_and_autograd(
+    opt_name, loss_name, case, dtype, hand_overs, monkeypatch
+):
+    n_samples, batch_size, split_steps = CASES[case]
+    ref_w, ref_state, ref_hist = fit("autograd", opt_name, loss_name, dtype, n_samples, batch_size)
+    assert hand_overs == []
+    w, state, hist = fit("fused", opt_name, loss_name, dtype, n_samples, batch_size)
+    # two tasks (forward-backward, update) per split step, every epoch
+    assert hand_overs == [2 * split_steps] * 2
+    monkeypatch.setattr(FusedDenseEngine, "data_parallel", False)
+    w1, state1, hist1 = fit("fused", opt_name, loss_name, dtype, n_samples, batch_size)
+    assert len(hand_overs) == 2
+    # the same kernels on one thread: the same bits; the autograd path: to tolerance
+    for ref, out, one in ((ref_w, w, w1), (ref_state, state, state1)):
+        assert ref.keys() == out.keys() == one.keys()
+        for key in ref:
+            np.testing.assert_array_equal(out[key], one[key], err_msg=key)
+        assert_close(ref, out, TOLERANCE[dtype], "weight or state")
+    # the reported loss is a float64 sum, which each thread sums over its own rows
+    np.testing.assert_allclose(hist["loss"], hist1["loss"], rtol=1e-13)
+    np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-6)
+    if "accuracy" in ref_hist:
+        assert hist["accuracy"] == ref_hist["accuracy"] == hist1["accuracy"]
+
+
+def test_worker_thread_ends_with_each_epoch():
+    fit("fused", "adam", "ce_mean", np.float32, 800, 400, epochs=1)
+    assert WORKER_NAME not in {t.name for t in threading.enumerate()}
+
+
+def test_worker_stops_when_the_epoch_raises(monkeypatch):
+    """An error inside the epoch still stops and joins the worker thread."""
+
+    def failing(*args):
+        raise RuntimeError("epoch failed")
+
+    monkeypatch.setattr(fused_mlp, "train_epoch", failing)
+    with pytest.raises(RuntimeError, match="epoch failed"):
+        fit("fused", "sgd_momentum", "ce_mean", np.float32, 800, 400, epochs=1)
+    assert WORKER_NAME not in {t.name for t in threading.enumerate()}
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "expected"),
+    [
+        (900, 400, (200, 200)),  # halves of 400; the last 100 rows fit this thread's half
+        (1000, 600, (300, 300)),  # the last 400 rows split 200 / 200
+        (1000, 800, (400, 400)),  # the last 200 rows run here: 200 <= 400
+        (700, 500, (250, 250)),
+        (500, 300, (300, 0)),  # nothing splits
+        (384, 384, (192, 192)),
+        (385, 1000, (192, 193)),
+    ],
+)
+def test_scratch_rows(n, batch_size, expected):
+    assert tuple(fused_mlp.scratch_rows(n, batch_size, True)) == expected
+    single = min(batch_size, n)
+    assert tuple(fused_mlp.scratch_rows(n, batch_size, False)) == (single, 0)
+
+
+def test_split_threshold():
+    low = blas.DATA_PARALLEL_MIN_ROWS
+    assert blas.data_parallel_split(low - 1) == 0
+    assert blas.data_parallel_split(low) == low // 2
+    assert blas.data_parallel_split(2 * low + 1) == low
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_split_weight_gradient_against_float64_oracle(dtype):
+    """``weight_grad`` of a split step (two half products, added) against float64."""
+    rng = np.random.default_rng(4)
+    n = blas.DATA_PARALLEL_MIN_ROWS + 17
+    dz = rng.standard_normal((n, 9)).astype(dtype)
+    a = rng.standard_normal((n, 13)).astype(dtype)
+    out = np.empty((9, 13), dtype)
+    blas.weight_grad(dz, a, out)
+    ref = dz.astype(np.float64).T @ a.astype(np.float64)
+    scale = np.abs(dz.astype(np.float64)).T @ np.abs(a.astype(np.float64))
+    tol = 1e-13 if dtype == np.float64 else 1e-5
+    assert np.all(np.abs(out - ref) <= tol * scale)
+    half = n // 2
+    expected = (dz[:half].T @ a[:half]).astype(dtype)
+    expected += (dz[half:].T @ a[half:]).astype(dtype)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=tol * scale.max())
+
+
+def test_gelu_network_with_biasless_layers_on_two_threads(monkeypatch, hand_overs):
+    """Saved pre-activations (GELU) and layers without bias through the worker."""
+    dtype = np.float64
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((800, 6))
+    y = rng.integers(0, 3, 800)
+    results = []
+    for engine, two_threads in (("autograd", False), ("fused", True), ("fused", False)):
+        monkeypatch.setattr(FusedDenseEngine, "data_parallel", two_threads)
+        gpunet.manual_seed(3)
+        model = nn.Sequential(
+            nn.Dense(6, 16, "gelu"), nn.Linear(16, 8, bias=False), nn.GELU(), nn.Dense(8, 3)
+        ).to(dtype=dtype)
+        opt = OPTIMIZERS["adamw"](model.parameters())
+        Trainer(model, nn.CrossEntropyLoss(), opt, engine=engine, progress=False, verbose=0).fit(
+            X, y, epochs=2, batch_size=400, seed=1
+        )
+        results.append(model.state_dict())
+    assert hand_overs == [4, 4]
+    ref, two, one = results
+    for key in ref:
+        np.testing.assert_array_equal(two[key], one[key], err_msg=key)
+    assert_close(ref, two, TOLERANCE[dtype], "weight")
+
+
+def test_a_failing_worker_stops_the_epoch_instead_of_hanging(monkeypatch):
+    real = fused_mlp.data_parallel_worker
+
+    def failing_worker(flags, *args):
+        if flags[fused_mlp.FLAG_GENERATION] < 0:  # the compile call before the thread
+            return real(flags, *args)
+        raise ValueError("worker broke")
+
+    monkeypatch.setattr(fused_mlp, "data_parallel_worker", failing_worker)
+    outcome = []
+
+    def train():
+        try:
+            fit("fused", "adam", "ce_mean", np.float32, 800, 400, epochs=1)
+        except RuntimeError as error:
+            outcome.append(error)
+
+    trainer_thread = threading.Thread(target=train, daemon=True)
+    trainer_thread.start()
+    trainer_thread.join(timeout=120)
+    assert not trainer_thread.is_alive(), "the epoch waited for a dead worker"
+    assert len(outcome) == 1 and "worker thread failed" in str(outcome[0])
+    assert isinstance(outcome[0].__cause__, ValueError)
+    assert WORKER_NAME not in {t.name for t in threading.enumerate()}
+
+
+def test_one_cpu_keeps_every_step_on_the_calling_thread(monkeypatch, hand_overs):
+    import gpunet.train.fused as fused
+
+    monkeypatch.setattr(fused, "usable_cpus", lambda: 1)
+    fit("fused", "sgd_momentum", "ce_mean", np.float32, 800, 400, epochs=1)
+    assert hand_overs == []
