@@ -14,7 +14,8 @@ then times rounds of several calls; compare the ``numba`` row of a group with it
 {1, 8, 128} (8: the skinny matmul loops); softmax cross-entropy (N, 10) and (N, 1000);
 optimizers over a (512, 512) parameter and a (512,) one; the weight gradient with the
 momentum update, folded or not, at 32-512 rows on a 784->512 layer; the gather of
-128 or 512 shuffled rows of a 60,000 x 784 data set. float32 throughout.
+128 or 512 shuffled rows of a 60,000 x 784 data set; a fused epoch whose steps run on
+two threads or on one. float32 throughout.
 
 On a shared 2-core machine run with ``OMP_NUM_THREADS=1``: when another process holds
 the second core, a 2-thread OpenBLAS (or torch) GEMM waits for its worker thread and a
@@ -332,6 +333,39 @@ def test_gather_batch(benchmark, n, impl):
         gather(X, rows, out)
 
     _run(benchmark, next_batch)
+
+
+# ----------------------------------------------------------- data-parallel steps
+@pytest.mark.parametrize("threads", ["two", "one"])
+@pytest.mark.parametrize("n", [512, 4096])
+def test_data_parallel_epoch(benchmark, n, threads, monkeypatch):
+    """A shuffled fused epoch of 8 batches of ``n`` rows (784-512-512-10 ReLU, SGD with
+    momentum): steps on two threads of gpunet's own (half of the rows each, one-thread
+    BLAS) against the same kernels on the calling thread with two-thread BLAS. Needs
+    both cores: run it without ``OMP_NUM_THREADS=1``."""
+    from gpunet import nn, optim  # noqa: PLC0415
+    from gpunet.train import Trainer  # noqa: PLC0415
+    from gpunet.train.fused import FusedDenseEngine  # noqa: PLC0415
+
+    monkeypatch.setattr(FusedDenseEngine, "data_parallel", threads == "two")
+    benchmark.group = f"fused epoch, 8 batches of {n}"
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((8 * n, 784), dtype=DTYPE)
+    y = rng.integers(0, 10, 8 * n)
+    model = nn.Sequential(nn.Dense(784, 512, "relu"), nn.Dense(512, 512, "relu"), nn.Dense(512, 10))
+    trainer = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+        engine="fused",
+        progress=False,
+        verbose=0,
+    )
+
+    def epoch():
+        trainer.fit(X, y, epochs=1, batch_size=n)
+
+    _run(benchmark, epoch)
 
 
 # -------------------------------------------------------------------- denormals
