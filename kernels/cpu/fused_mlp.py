@@ -26,6 +26,13 @@ Per step:
   buffer, which the previous step's sweep left scaled by the momentum
   (:func:`_update_weights_folded`), so no gradient array is written and read back.
 
+Data-parallel steps (``DATA_PARALLEL_MIN_ROWS`` rows or more, when the caller runs a
+:func:`data_parallel_worker` beside the epoch): the worker takes the second half of the
+rows through gather, forward, loss and backward (:func:`_forward_backward`) while this
+thread does the first, each into its own ``dW`` buffer and float64 bias sums; then each
+thread sweeps half of every weight matrix from the two ``dW``s added
+(:func:`_update_weights_part`). Each half's products run on one BLAS thread.
+
 Layer table ``layers`` (L, 5) int64: ``n_in, n_out, w_param, b_param (-1: none), act``.
 Parameter table ``params`` (K, 2) int64: ``offset, size`` into ``P``.
 """
