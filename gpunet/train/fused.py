@@ -243,25 +243,26 @@ class FusedDenseEngine:
             labels = np.zeros(0, np.int64)
             targets = np.ascontiguousarray(y.reshape(len(y), -1), dtype=X.dtype)
         k = self.kernels
-        n_last = len(X) % batch_size
-        two_threads = (
-            self.data_parallel
-            and usable_cpus() >= 2
-            and bool(
-                k.data_parallel_split(min(batch_size, len(X))) or k.data_parallel_split(n_last)
-            )
+        # the worker's scratch has rows only if some step of the epoch splits
+        rows, worker_rows = k.scratch_rows(
+            len(X), batch_size, self.data_parallel and usable_cpus() >= 2
         )
-        rows, worker_rows = k.scratch_rows(len(X), batch_size, two_threads)
+        two_threads = worker_rows > 0
         work = self._workspace(rows, X.dtype, gather)
         smoothing = float(getattr(self.loss, "label_smoothing", 0.0))
         mean = self.loss.reduction == "mean"
         do_flush = self.flush_denormals and not k.hardware_flush_active()
-        shared_args = (X, labels, targets, order, self.layer_table, self.param_table, self.P)
         if two_threads:
             if self.G_b is None:
                 self.G_b = np.zeros_like(self.G)
             worker = k.data_parallel_worker_thread(
-                *shared_args,
+                X,
+                labels,
+                targets,
+                order,
+                self.layer_table,
+                self.param_table,
+                self.P,
                 self.G,
                 self.G_b,
                 *self.S,

@@ -280,6 +280,92 @@ def _gather_batch(X, labels, targets, rows, xb, label_rows, target_rows):
         gather_rows(targets, rows, target_rows)
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _carve_layers(work, layers, rows):
+    """Per-layer activations, saved pre-activations (GELU; else the activations) and
+    output gradients, each (rows, width), carved out of ``work`` one after another;
+    returns ``(acts, saved, grads, end)``, ``end`` the first element left over."""
+    acts = []
+    saved = []
+    grads = []
+    off = 0
+    for l in range(layers.shape[0]):
+        size = rows * layers[l, 1]
+        shape = (rows, layers[l, 1])
+        acts.append(work[off : off + size].reshape(shape))
+        off += size
+        if layers[l, 4] == GELU:
+            saved.append(work[off : off + size].reshape(shape))
+            off += size
+        else:
+            saved.append(acts[l])
+        grads.append(work[off : off + size].reshape(shape))
+        off += size
+    return acts, saved, grads, off
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _forward_loss(
+    xb,
+    y_b,
+    t_b,
+    batch_rows,
+    layers,
+    params,
+    P,
+    acts,
+    saved,
+    grads,
+    zero_bias,
+    loss_kind,
+    smoothing,
+    mean_reduction,
+    loss_rows,
+):
+    """Forward of the rows ``xb`` (rows, F) into ``acts`` / ``saved`` (their first rows),
+    then the loss against ``y_b`` (labels) or ``t_b`` (targets), part of a batch of
+    ``batch_rows``, with its gradient in the last layer's ``grads``. ``zero_bias``:
+    zeros at least as wide as any layer (the bias of layers without one); ``loss_rows``
+    at least (rows,). Returns ``(loss sum, correct)``."""
+    rows = xb.shape[0]
+    n_layers = layers.shape[0]
+    a_prev = xb
+    for l in range(n_layers):
+        n_in, n_out, wp, bp, act = (
+            layers[l, 0],
+            layers[l, 1],
+            layers[l, 2],
+            layers[l, 3],
+            layers[l, 4],
+        )
+        W = P[params[wp, 0] : params[wp, 0] + n_out * n_in].reshape((n_out, n_in))
+        z = acts[l][:rows]
+        matmul_nt(a_prev, W, z)
+        if bp >= 0:
+            b = P[params[bp, 0] : params[bp, 0] + n_out]
+        else:
+            b = zero_bias[:n_out]
+        _forward_epilogue(z, b, saved[l][:rows], act)
+        a_prev = z
+    out = acts[n_layers - 1][:rows]
+    dout = grads[n_layers - 1][:rows]
+    if loss_kind == CROSS_ENTROPY:
+        total = _cross_entropy(
+            out, y_b, smoothing, mean_reduction, batch_rows, loss_rows[:rows], dout
+        )
+        return total, _correct_count(out, y_b)
+    return _mse(out, t_b, mean_reduction, batch_rows, dout), 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _batch_loss(loss_kind, total, nb, n_outputs, mean_reduction):
+    """A batch's term of the epoch's loss sum from the sum of its per-row (cross-entropy)
+    or per-element (MSE) losses: the batch loss times ``nb``."""
+    if not mean_reduction:
+        return total * nb
+    return total if loss_kind == CROSS_ENTROPY else total / n_outputs
+
+
 # --------------------------------------------------- data-parallel steps
 # int64 flags shared with the worker thread (see threads.py)
 FLAG_GENERATION = 0  # raised by the epoch to hand the worker a task; -1: exit
@@ -328,22 +414,7 @@ def _forward_backward(
     :func:`workspace_size` elements for ``rows``. Returns ``(loss sum, correct)``."""
     n_layers = layers.shape[0]
     n_features = X.shape[1]
-    acts = []
-    saved = []
-    grads = []
-    off = 0
-    for l in range(n_layers):
-        size = rows * layers[l, 1]
-        shape = (rows, layers[l, 1])
-        acts.append(work[off : off + size].reshape(shape))
-        off += size
-        if layers[l, 4] == GELU:
-            saved.append(work[off : off + size].reshape(shape))
-            off += size
-        else:
-            saved.append(acts[l])
-        grads.append(work[off : off + size].reshape(shape))
-        off += size
+    acts, saved, grads, off = _carve_layers(work, layers, rows)
     if order.shape[0] != 0:
         xb = work[off : off + rows * n_features].reshape((rows, n_features))
         y_b = np.empty(rows if labels.shape[0] else 0, labels.dtype)
@@ -353,31 +424,23 @@ def _forward_backward(
         xb = X[start : start + rows]
         y_b = labels[start : start + rows]
         t_b = targets[start : start + rows]
-    a_prev = xb
-    for l in range(n_layers):
-        n_in, n_out, wp, bp, act = (
-            layers[l, 0],
-            layers[l, 1],
-            layers[l, 2],
-            layers[l, 3],
-            layers[l, 4],
-        )
-        W = P[params[wp, 0] : params[wp, 0] + n_out * n_in].reshape((n_out, n_in))
-        matmul_nt(a_prev, W, acts[l])
-        if bp >= 0:
-            b = P[params[bp, 0] : params[bp, 0] + n_out]
-        else:
-            b = np.zeros(n_out, P.dtype)
-        _forward_epilogue(acts[l], b, saved[l], act)
-        a_prev = acts[l]
-    out, dout = acts[n_layers - 1], grads[n_layers - 1]
-    correct = 0
-    if loss_kind == CROSS_ENTROPY:
-        loss_rows = np.empty(rows, P.dtype)
-        total = _cross_entropy(out, y_b, smoothing, mean_reduction, batch_rows, loss_rows, dout)
-        correct = _correct_count(out, y_b)
-    else:
-        total = _mse(out, t_b, mean_reduction, batch_rows, dout)
+    total, correct = _forward_loss(
+        xb,
+        y_b,
+        t_b,
+        batch_rows,
+        layers,
+        params,
+        P,
+        acts,
+        saved,
+        grads,
+        np.zeros(layers[:, 1].max(), P.dtype),
+        loss_kind,
+        smoothing,
+        mean_reduction,
+        np.empty(rows, P.dtype),
+    )
     sums_end = col_sums.shape[0]
     for l in range(n_layers - 1, -1, -1):
         n_in, n_out, wp = layers[l, 0], layers[l, 1], layers[l, 2]
@@ -726,35 +789,12 @@ def train_epoch(
     two_threads = flags.shape[0] != 0
     rows = scratch_rows(n, batch_size, two_threads)[0]  # of the steps run here alone
     dtype_tiny = np.finfo(P.dtype).tiny
-    zero_bias = np.zeros(1, P.dtype)
-    # carve the per-layer activations, saved pre-activations (GELU) and output
-    # gradients out of the caller's workspace (see workspace_size): reusing it across
-    # epochs avoids page-faulting fresh memory, which dominated full-batch epochs
-    acts = []
-    saved = []
-    grads = []
-    zero_biases = []  # forward bias of layers without one
-    db_scratch = []  # bias-gradient output of layers without a bias
-    off = 0
-    for l in range(n_layers):
-        width = layers[l, 1]
-        size = rows * width
-        a = work[off : off + size].reshape((rows, width))
-        off += size
-        acts.append(a)
-        if layers[l, 4] == GELU:
-            saved.append(work[off : off + size].reshape((rows, width)))
-            off += size
-        else:
-            saved.append(a)
-        grads.append(work[off : off + size].reshape((rows, width)))
-        off += size
-        if layers[l, 3] < 0:
-            zero_biases.append(np.zeros(width, P.dtype))
-            db_scratch.append(np.zeros(width, P.dtype))
-        else:
-            zero_biases.append(zero_bias)
-            db_scratch.append(zero_bias)
+    # the per-layer activations, saved pre-activations (GELU) and output gradients live
+    # in the caller's workspace (see workspace_size): reusing it across epochs avoids
+    # page-faulting fresh memory, which dominated full-batch epochs
+    acts, saved, grads, off = _carve_layers(work, layers, rows)
+    zero_bias = np.zeros(layers[:, 1].max(), P.dtype)  # forward bias of layers without one
+    no_bias_grad = np.zeros(layers[:, 1].max(), P.dtype)  # bias-gradient output of those
     gather = order.shape[0] != 0
     n_features = X.shape[1]
     x_rows = work[off : off + (rows * n_features if gather else 0)]
@@ -802,11 +842,7 @@ def train_epoch(
                 do_flush,
             )
             correct += step_correct
-            if not mean_reduction:
-                total *= nb
-            elif loss_kind != CROSS_ENTROPY:
-                total /= layers[n_layers - 1, 1]
-            loss_sum += total
+            loss_sum += _batch_loss(loss_kind, total, nb, layers[n_layers - 1, 1], mean_reduction)
             continue
         if gather:
             xb = x_rows[: nb * n_features].reshape((nb, n_features))
@@ -819,35 +855,26 @@ def train_epoch(
             xb = X[start : start + nb]
             y_b = labels[start : start + nb]  # the unused one of the two is empty
             t_b = targets[start : start + nb]
-        # ---------------------------------------------------------- forward
-        a_prev = xb
-        for l in range(n_layers):
-            n_in, n_out, wp, bp, act = (
-                layers[l, 0],
-                layers[l, 1],
-                layers[l, 2],
-                layers[l, 3],
-                layers[l, 4],
-            )
-            W = P[params[wp, 0] : params[wp, 0] + n_out * n_in].reshape((n_out, n_in))
-            z = acts[l][:nb]
-            matmul_nt(a_prev, W, z)
-            if bp >= 0:
-                b = P[params[bp, 0] : params[bp, 0] + n_out]
-            else:
-                b = zero_biases[l]
-            _forward_epilogue(z, b, saved[l][:nb], act)
-            a_prev = z
-        # ------------------------------------------------------------- loss
-        out = acts[n_layers - 1][:nb]
-        dout = grads[n_layers - 1][:nb]
-        if loss_kind == CROSS_ENTROPY:
-            total = _cross_entropy(out, y_b, smoothing, mean_reduction, nb, loss_rows[:nb], dout)
-            correct += _correct_count(out, y_b)
-            loss_sum += total if mean_reduction else total * nb
-        else:
-            total = _mse(out, t_b, mean_reduction, nb, dout)
-            loss_sum += total / out.shape[1] if mean_reduction else total * nb
+        # ------------------------------------------------------ forward, loss
+        total, batch_correct = _forward_loss(
+            xb,
+            y_b,
+            t_b,
+            nb,
+            layers,
+            params,
+            P,
+            acts,
+            saved,
+            grads,
+            zero_bias,
+            loss_kind,
+            smoothing,
+            mean_reduction,
+            loss_rows,
+        )
+        correct += batch_correct
+        loss_sum += _batch_loss(loss_kind, total, nb, layers[n_layers - 1, 1], mean_reduction)
         # --------------------------------------------------------- backward
         for l in range(n_layers - 1, -1, -1):
             n_in, n_out, wp, bp, act = (
@@ -861,7 +888,7 @@ def train_epoch(
             W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
             dz = grads[l][:nb]  # dy on entry; the epilogue turns it into dz in place
             b_off = params[bp, 0] if bp >= 0 else 0
-            db = G[b_off : b_off + n_out] if bp >= 0 else db_scratch[l]
+            db = G[b_off : b_off + n_out] if bp >= 0 else no_bias_grad[:n_out]
             _backward_epilogue(dz, saved[l][:nb], dz, db, act)
             a_in = xb if l == 0 else acts[l - 1][:nb]
             # dx with the old weights (one-row batches: inside the weight sweep)
