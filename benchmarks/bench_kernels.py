@@ -260,7 +260,7 @@ def test_weight_grad_and_momentum_update(benchmark, n, impl):
     against forming ``dW`` and then one update sweep (what batches over
     ``FOLDED_MOMENTUM_MAX_ROWS`` rows run) and torch (``mm`` + ``SGD.step``)."""
     from gpunet.kernels.cpu.blas import weight_grad  # noqa: PLC0415
-    from gpunet.kernels.cpu.fused_mlp import _update_weights_folded  # noqa: PLC0415
+    from gpunet.kernels.cpu.fused_step import update_weights_folded  # noqa: PLC0415
     from gpunet.kernels.cpu.update_rules import SGD, hyper_row, update_array  # noqa: PLC0415
 
     _need_torch(impl)
@@ -275,7 +275,7 @@ def test_weight_grad_and_momentum_update(benchmark, n, impl):
     h = hyper_row("sgd", group)
     p_flat, g_flat, s_flat, none = W.ravel(), grad.ravel(), buf.ravel(), W.ravel()[:0]
     if impl == "folded":  # a middle step of an epoch: buf arrives scaled, leaves scaled
-        _run(benchmark, _update_weights_folded, p_flat, s_flat, 0, dz, a, h, 5, False, True, True)
+        _run(benchmark, update_weights_folded, p_flat, s_flat, 0, dz, a, h, 5, False, True, True)
     elif impl == "separate":
 
         def step():
@@ -335,23 +335,26 @@ def test_gather_batch(benchmark, n, impl):
     _run(benchmark, next_batch)
 
 
-# ----------------------------------------------------------- data-parallel steps
+# ------------------------------------------------------------- two-thread steps
 @pytest.mark.parametrize("threads", ["two", "one"])
-@pytest.mark.parametrize("n", [512, 4096])
-def test_data_parallel_epoch(benchmark, n, threads, monkeypatch):
-    """A shuffled fused epoch of 8 batches of ``n`` rows (784-512-512-10 ReLU, SGD with
-    momentum): steps on two threads of gpunet's own (half of the rows each, one-thread
-    BLAS) against the same kernels on the calling thread with two-thread BLAS. Needs
-    both cores: run it without ``OMP_NUM_THREADS=1``."""
+@pytest.mark.parametrize("n", [32, 128, 512, 4096])
+def test_two_thread_epoch(benchmark, n, threads, monkeypatch):
+    """A shuffled fused epoch of ``n``-row batches (8 of them, at least 4096 rows;
+    784-512-512-10 ReLU, SGD with momentum): steps on two threads of gpunet's own with
+    one-thread BLAS (32 and 128 rows: model-parallel, half of every layer's columns
+    each; 512 and 4096: data-parallel, half of the rows each) against the same kernels
+    on the calling thread with two-thread BLAS. Needs both cores: run it without
+    ``OMP_NUM_THREADS=1``."""
     from gpunet import nn, optim  # noqa: PLC0415
     from gpunet.train import Trainer  # noqa: PLC0415
     from gpunet.train.fused import FusedDenseEngine  # noqa: PLC0415
 
-    monkeypatch.setattr(FusedDenseEngine, "data_parallel", threads == "two")
-    benchmark.group = f"fused epoch, 8 batches of {n}"
+    monkeypatch.setattr(FusedDenseEngine, "two_threads", threads == "two")
+    batches = max(8, 4096 // n)
+    benchmark.group = f"fused epoch, {batches} batches of {n}"
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((8 * n, 784), dtype=DTYPE)
-    y = rng.integers(0, 10, 8 * n)
+    X = rng.standard_normal((batches * n, 784), dtype=DTYPE)
+    y = rng.integers(0, 10, batches * n)
     model = nn.Sequential(nn.Dense(784, 512, "relu"), nn.Dense(512, 512, "relu"), nn.Dense(512, 10))
     trainer = Trainer(
         model,

@@ -213,44 +213,48 @@ def test_activation_accuracy_wide_range(act, dtype):
     assert np.isnan(dense_forward(nan, one, None, act)[0]).all()
 
 
+GEMM_VIEWS = {
+    # name: (a, b, out) views of C-contiguous parents, as the two-thread steps take them
+    "forward-columns": lambda A, W, Z, c: (A, W[c].T, Z[:, c]),  # z[:, c] = a @ W[c].T
+    "dx-columns": lambda A, W, Z, c: (Z, W[:, c], A[:, c]),  # dx[:, c] = dz @ W[:, c]
+    "dW-rows": lambda A, W, Z, c: (Z[:, c].T, A, W[c]),  # dW[c] = dz[:, c].T @ a
+    "transposed-out": lambda A, W, Z, c: (W[c], A.T, Z[:, c].T),  # z[:, c].T = W[c] @ a.T
+}
+
+
+@pytest.mark.parametrize("impl", ["blas", "via-copies"])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("view", list(GEMM_VIEWS))
 @pytest.mark.parametrize(
-    "shape", [(1, 1, 1), (17, 3, 1), (20, 40, 7), (33, 1, 65), (256, 70, 33), (300, 9, 5)]
+    ("n", "n_in", "n_out", "cols"),
+    [(1, 1, 1, (0, 1)), (5, 1, 3, (1, 3)), (17, 9, 7, (3, 7)), (33, 65, 40, (0, 20))],
 )
-@pytest.mark.parametrize("via_temporary", [False, True], ids=["blas", "via-temporary"])
-def test_accumulate_weight_grad(shape, dtype, via_temporary):
-    """``out += dz.T @ a`` (the fused epoch's momentum fold; also the fallback for a
-    Numba without the BLAS helpers) against float64, and
-    bit-identical to forming ``dz.T @ a`` first up to ``FOLDED_MOMENTUM_MAX_ROWS`` rows
-    when ``out`` is at least 2 x 2 (the fold's conditions)."""
-    from gpunet.kernels.cpu.blas import (
-        FOLDED_MOMENTUM_MAX_ROWS,
-        accumulate_weight_grad,
-        gemm_accumulate_via_temporary,
-        weight_grad,
-    )
+def test_gemm_view(n, n_in, n_out, cols, view, dtype, beta, impl):
+    """``out = a @ b + beta * out`` on column and row blocks and their transposes (no
+    copies) against float64; an empty block leaves ``out`` alone, an empty sum zeroes
+    it."""
+    from gpunet.kernels.cpu.blas import _gemm_view_blas, gemm_view_via_copies  # noqa: PLC0415
 
-    if via_temporary:  # what a Numba without its BLAS helpers runs
-
-        def accumulate_weight_grad(dz, a, out):
-            if dz.shape[0] != 0:
-                gemm_accumulate_via_temporary(dz.T, a, out)
-
-    n, k, m = shape
-    x, _, _, dy = _dense_inputs(shape, dtype, _seed("acc", shape, dtype))
-    start = np.random.default_rng(1).standard_normal((m, k)).astype(dtype)
-    out = start.copy()
-    accumulate_weight_grad(dy, x, out)
-    products = dy.astype(np.float64).T @ x.astype(np.float64)
-    scale = np.abs(start) + np.abs(dy).T.astype(np.float64) @ np.abs(x)
-    assert_close(out, start.astype(np.float64) + products, RTOL[dtype], scale)
-    if n <= FOLDED_MOMENTUM_MAX_ROWS and min(m, k) >= 2:
-        grad = np.empty_like(start)
-        weight_grad(dy, x, grad)
-        np.testing.assert_array_equal(out, start + grad)
-    empty = start.copy()
-    accumulate_weight_grad(dy[:0], x[:0], empty)
-    np.testing.assert_array_equal(empty, start)
+    gemm = _gemm_view_blas if impl == "blas" else gemm_view_via_copies
+    rng = np.random.default_rng(_seed("gemm", (n, n_in, n_out, view), dtype))
+    A = rng.standard_normal((n, n_in)).astype(dtype)
+    W = rng.standard_normal((n_out, n_in)).astype(dtype)
+    Z = rng.standard_normal((n, n_out)).astype(dtype)
+    if view == "dx-columns":  # dz (n, out) @ W[:, c] -> dx (n, in): columns of n_in
+        cols = (0, n_in) if n_in == 1 else (n_in // 3, n_in)
+    a, b, out = GEMM_VIEWS[view](A, W, Z, slice(*cols))
+    start = out.copy()
+    expected = a.astype(np.float64) @ b.astype(np.float64) + beta * start
+    gemm(a, b, out, dtype(beta))
+    scale = np.abs(a).astype(np.float64) @ np.abs(b) + np.abs(start)
+    assert_close(out, expected, RTOL[dtype], scale)
+    before = out.copy()
+    gemm(a, b[:, :0], out[:, :0], dtype(beta))
+    gemm(a[:0], b, out[:0], dtype(beta))
+    np.testing.assert_array_equal(out, before)
+    gemm(a[:, :0], b[:0], out, dtype(0.0))  # an empty sum: zeros
+    np.testing.assert_array_equal(out, np.zeros_like(out))
 
 
 def test_dense_noncontiguous_inputs():

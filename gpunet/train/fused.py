@@ -95,9 +95,10 @@ class FusedDenseEngine:
     """Runs epochs with ``backend.fused_epoch_kernel()``; see the module docstring."""
 
     name = "fused"
-    #: run the steps that ``data_parallel_split`` splits on two threads where the process
-    #: may use two CPUs (False: on the calling thread, with the same sums)
-    data_parallel = True
+    #: run steps of ``blas.MODEL_PARALLEL_MIN_ROWS`` rows or more on two threads where the
+    #: process may use two CPUs: model-parallel below ``blas.DATA_PARALLEL_MIN_ROWS``,
+    #: data-parallel from there (False: every step on the calling thread, same results)
+    two_threads = True
 
     def __init__(
         self,
@@ -150,7 +151,7 @@ class FusedDenseEngine:
         total = int(sizes.sum())
         self.P = np.empty(total, dtype)
         self.G = np.zeros(total, dtype)
-        self.G_b = None  # the data-parallel worker's dW, allocated on first use
+        self.G_b = None  # the worker's dW in data-parallel steps, allocated on first use
         self.S = [np.zeros(0, dtype) for _ in range(3)]  # sized by _load
 
     def _slot_used(self, key) -> bool:
@@ -218,7 +219,7 @@ class FusedDenseEngine:
     # ---------------------------------------------------------------- epoch
     def _workspace(self, rows: int, dtype, gather: bool, worker: bool = False):
         """The kernel's scratch for steps of ``rows`` rows (this thread's, or the
-        data-parallel ``worker``'s), kept across epochs while the batch size stays:
+        ``worker`` thread's in data-parallel steps), kept across epochs while the batch size stays:
         fresh memory costs page faults."""
         key = (rows, np.dtype(dtype), gather, worker)
         work = self._work.get(key)
@@ -244,10 +245,9 @@ class FusedDenseEngine:
             targets = np.ascontiguousarray(y.reshape(len(y), -1), dtype=X.dtype)
         k = self.kernels
         # the worker's scratch has rows only if some step of the epoch splits
-        rows, worker_rows = k.scratch_rows(
-            len(X), batch_size, self.data_parallel and usable_cpus() >= 2
+        rows, worker_rows, two_threads = k.scratch_rows(
+            len(X), batch_size, self.two_threads and usable_cpus() >= 2
         )
-        two_threads = worker_rows > 0
         work = self._workspace(rows, X.dtype, gather)
         smoothing = float(getattr(self.loss, "label_smoothing", 0.0))
         mean = self.loss.reduction == "mean"
@@ -255,7 +255,7 @@ class FusedDenseEngine:
         if two_threads:
             if self.G_b is None:
                 self.G_b = np.zeros_like(self.G)
-            worker = k.data_parallel_worker_thread(
+            worker = k.step_worker_thread(
                 X,
                 labels,
                 targets,
@@ -270,6 +270,7 @@ class FusedDenseEngine:
                 steps,
                 firsts,
                 self._workspace(worker_rows, X.dtype, gather, worker=True),
+                work,
                 self.opt_code,
                 self.loss_code,
                 smoothing,

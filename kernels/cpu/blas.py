@@ -18,7 +18,7 @@ from numba.extending import intrinsic
 
 try:  # the helpers behind Numba's own np.dot (in numba.np.linalg for many releases)
     from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
-except ImportError:  # pragma: no cover (a Numba that moved them: see _gemm_accumulate)
+except ImportError:  # pragma: no cover (a Numba that moved them: see gemm_view)
     check_blas_return = ensure_blas = get_blas_kind = None
 
 #: batches of up to this many rows: ``dW = dz.T @ a`` goes through BLAS in blocks of
@@ -51,7 +51,7 @@ TRANSPOSED_NT_MAX_ROWS = 48
 TRANSPOSED_NT_MIN_OUT = 64
 #: batches of more than ``BLOCKED_DW_MAX_ROWS`` and up to this many rows, trained by SGD
 #: with plain momentum, accumulate ``dW`` into the momentum buffer by BLAS
-#: (:func:`accumulate_weight_grad`): no gradient array is zeroed, written and read back
+#: (:func:`gemm_view` with ``beta`` 1): no gradient array is zeroed, written and read back
 #: (2-core EPYC VM, 784->512 layer, gradient + update, ``benchmarks/bench_kernels.py -k
 #: weight_grad_and_momentum``: 32 rows 259 -> 237 µs, 128 rows 632 -> 617 µs). Up to here
 #: a BLAS sums all rows in one pass (OpenBLAS splits the sum only from 385 rows), so the
@@ -67,6 +67,11 @@ FOLDED_MOMENTUM_MAX_ROWS = 256
 #: 49.5k; Adam 384 44.0k -> 47.2k, 512 40.0k -> 45.9k, 1024 43.0k -> 48.2k. Below, two
 #: threads lose or tie (SGD 128 36.5k -> 32.3k, 192 47.7k -> 43.0k; 256 even).
 DATA_PARALLEL_MIN_ROWS = 384
+#: the fused epoch runs steps of at least this many rows, and fewer than
+#: ``DATA_PARALLEL_MIN_ROWS``, on two threads by columns (:func:`model_parallel_rows`):
+#: each thread computes half of every layer's output columns, its rows of ``dW`` and half
+#: of ``dx``'s columns with one-thread BLAS, and updates its rows of every weight.
+MODEL_PARALLEL_MIN_ROWS = 32
 # the forward's dot products may be summed in any order, so their reductions vectorize;
 # both CPU paths call the same compiled loop, so they still agree bit for bit
 _REASSOC = {"reassoc", "contract"}
@@ -99,24 +104,13 @@ def accumulate_dx(dz, w_row, i, out):
             out[0, j] += d * w_row[j]
 
 
-@njit(cache=True, error_model="numpy")
-def gemm_accumulate_via_temporary(a, b, out):
-    """``out += a @ b`` through a temporary: :func:`_gemm_accumulate` where Numba lacks
-    the helpers it calls BLAS with (same sums: ``a @ b`` rounded, then added)."""
-    product = np.empty_like(out)
-    np.dot(a, b, product)
-    out += product
-
-
 @intrinsic
-def _gemm_accumulate_blas(typingctx, a, b, out):
-    """``out += a @ b``: a (m, k), b (k, n), out (m, n), each C- or F-contiguous (``out``
-    C). The BLAS call Numba's ``np.dot`` makes (``numba_xxgemm``, the same library) with
-    ``beta = 1``, which OpenBLAS runs with no separate pass over ``out``."""
-    arrays = (a, b, out)
-    if not all(isinstance(t, types.Array) and t.ndim == 2 for t in arrays):
-        return None
-    if out.layout != "C" or a.layout not in "CF" or b.layout not in "CF":
+def _gemm_strided_blas(typingctx, a, b, out, beta, trans_a, ld_a, trans_b, ld_b, ld_out):
+    """``out = a @ b + beta * out`` on views: a (m, k), b (k, n), out (m, n), each with a
+    unit stride in one dimension (``trans_*`` 0: along rows, with ``ld_*`` elements
+    between rows; 1: along columns), ``out`` along rows. Numba's ``np.dot`` copies
+    such views first."""
+    if not all(isinstance(t, types.Array) and t.ndim == 2 for t in (a, b, out)):
         return None
     if not a.dtype == b.dtype == out.dtype or a.dtype not in (types.float32, types.float64):
         return None
@@ -130,44 +124,92 @@ def _gemm_accumulate_blas(typingctx, a, b, out):
 
     def codegen(context, builder, sig, args):
         ensure_blas()
-        views = [context.make_array(t)(context, builder, v) for t, v in zip(sig.args, args)]
-        shapes = [cgutils.unpack_tuple(builder, v.shape, 2) for v in views]
-        m, k = shapes[0]
-        n = shapes[2][1]
+        views = [context.make_array(t)(context, builder, v) for t, v in zip(sig.args, args[:3])]
+        m, k = cgutils.unpack_tuple(builder, views[0].shape, 2)
+        n = cgutils.unpack_tuple(builder, views[2].shape, 2)[1]
         one = cgutils.alloca_once_value(builder, context.get_constant(dtype, 1.0))
-        one = builder.bitcast(one, char_p)
+        beta = context.cast(builder, args[3], sig.args[3], dtype)
+        beta = cgutils.alloca_once_value(builder, beta)
+        ints = [context.cast(builder, v, t, types.intp) for v, t in zip(args[4:], sig.args[4:])]
+        trans_a, ld_a, trans_b, ld_b, ld_out = ints
 
-        def operand(ty, shape, view):
-            # BLAS is column-major: a C-contiguous operand is its transpose, unmoved
-            trans = ir.Constant(char, ord("n" if ty.layout == "C" else "t"))
-            lead = shape[1] if ty.layout == "C" else shape[0]
-            return trans, lead, builder.bitcast(view.data, char_p)
+        def op(trans):
+            # BLAS is column-major: a view along rows is its transpose, unmoved
+            along_rows = builder.icmp_signed("==", trans, ir.Constant(intp, 0))
+            return builder.select(
+                along_rows, ir.Constant(char, ord("n")), ir.Constant(char, ord("t"))
+            )
 
-        # out.T = b.T @ a.T in column-major terms
-        trans_b, ld_b, data_b = operand(sig.args[1], shapes[1], views[1])
-        trans_a, ld_a, data_a = operand(sig.args[0], shapes[0], views[0])
+        def data(view):
+            return builder.bitcast(view.data, char_p)
+
         fn = cgutils.get_or_insert_function(builder.module, fn_type, "numba_xxgemm")
         kind = ir.Constant(char, ord(get_blas_kind(dtype)))
-        data_out = builder.bitcast(views[2].data, char_p)
+        # out.T = b.T @ a.T in column-major terms
         status = builder.call(
             fn,
-            (kind, trans_b, trans_a, n, m, k, one, data_b, ld_b, data_a, ld_a, one, data_out, n),
+            (
+                kind,
+                op(trans_b),
+                op(trans_a),
+                n,
+                m,
+                k,
+                builder.bitcast(one, char_p),
+                data(views[1]),
+                ld_b,
+                data(views[0]),
+                ld_a,
+                builder.bitcast(beta, char_p),
+                data(views[2]),
+                ld_out,
+            ),
         )
         check_blas_return(context, builder, status)
         return context.get_dummy_value()
 
-    return types.void(a, b, out), codegen
+    sig = types.void(a, b, out, beta, trans_a, ld_a, trans_b, ld_b, ld_out)
+    return sig, codegen
 
 
-_gemm_accumulate = _gemm_accumulate_blas if ensure_blas else gemm_accumulate_via_temporary
+@njit(inline="always", error_model="numpy")
+def _unit_stride_layout(x):
+    """``(trans, ld)`` of a 2-D view for :func:`_gemm_strided_blas`: 0 and the row
+    stride when its elements are consecutive along rows, else 1 and the column stride
+    (in elements; at least the BLAS minimum, which a dimension of one leaves free)."""
+    item = x.itemsize
+    if x.shape[1] == 1 or x.strides[1] == item:
+        return 0, max(x.strides[0] // item, x.shape[1], 1)
+    if x.shape[0] == 1 or x.strides[0] == item:
+        return 1, max(x.strides[1] // item, x.shape[0], 1)
+    raise ValueError("gemm_view: an operand has no unit stride")
 
 
-@njit(cache=True, error_model="numpy")
-def accumulate_weight_grad(dz, a, out):
-    """``out += dz.T @ a``: dz (N, out), a (N, in), out (out, in), all C-contiguous; an
-    empty product leaves ``out`` as it is."""
-    if dz.shape[0] != 0 and out.size != 0:
-        _gemm_accumulate(dz.T, a, out)
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gemm_view_blas(a, b, out, beta):
+    """``out = a @ b + beta * out`` by BLAS without copying views: a (m, k), b (k, n),
+    out (m, n), each a 2-D view with a unit stride in one dimension (a block of columns
+    or rows of a C-contiguous array, or its transpose); ``beta`` 0 ignores ``out``'s
+    contents. The same BLAS products as Numba's ``np.dot`` of contiguous copies, and
+    with ``beta`` 1 no separate pass over ``out``."""
+    m, n = out.shape
+    if m == 0 or n == 0:
+        return
+    if a.shape[1] == 0:
+        for i in range(m):
+            for j in range(n):
+                out[i, j] = beta * out[i, j] if beta != 0 else 0.0
+        return
+    trans_out, ld_out = _unit_stride_layout(out)
+    if trans_out == 0:
+        trans_a, ld_a = _unit_stride_layout(a)
+        trans_b, ld_b = _unit_stride_layout(b)
+        _gemm_strided_blas(a, b, out, beta, trans_a, ld_a, trans_b, ld_b, ld_out)
+    else:  # out.T = b.T @ a.T, with out.T along rows
+        out_t, a_t, b_t = out.T, b.T, a.T
+        trans_a, ld_a = _unit_stride_layout(a_t)
+        trans_b, ld_b = _unit_stride_layout(b_t)
+        _gemm_strided_blas(a_t, b_t, out_t, beta, trans_a, ld_a, trans_b, ld_b, ld_out)
 
 
 @njit(inline="always", error_model="numpy")
@@ -286,6 +328,12 @@ def data_parallel_split(nb):
 
 
 @njit(cache=True, error_model="numpy")
+def model_parallel_rows(nb):
+    """Whether the fused epoch's two threads split a step on ``nb`` rows by columns."""
+    return MODEL_PARALLEL_MIN_ROWS <= nb < DATA_PARALLEL_MIN_ROWS
+
+
+@njit(cache=True, error_model="numpy")
 def weight_grad(dz, a, out):
     """``out = dz.T @ a``: dz (N, out), a (N, in) -> out (out, in) by
     :func:`weight_grad_piece`; where :func:`data_parallel_split` splits N, one product
@@ -318,3 +366,17 @@ def weight_grad_piece(dz, a, out):
             weight_grad_block(dzT, a, out, r0, min(n_out, r0 + WEIGHT_GRAD_BLOCK_ROWS))
     else:
         np.dot(dz.T, a, out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def gemm_view_via_copies(a, b, out, beta):
+    """:func:`_gemm_view_blas` through contiguous copies and ``np.dot``, for a Numba
+    without the helpers it calls BLAS with (the same products, rounded, then added)."""
+    product = np.empty(out.shape, out.dtype)
+    np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b), product)
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = product[i, j] + beta * out[i, j] if beta != 0 else product[i, j]
+
+
+gemm_view = _gemm_view_blas if ensure_blas else gemm_view_via_copies

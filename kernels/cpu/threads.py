@@ -1,11 +1,21 @@
 """Two threads taking turns through a shared int64 array (CPU).
 
-The fused epoch's data-parallel steps (:mod:`fused_mlp`) run on the calling thread and
-one worker thread. They hand work over through flags in an int64 array: one thread
-publishes a value with :func:`atomic_store` (release), the other waits for it with
-:func:`wait_for` (acquire loads), so everything written before the store is visible
-after the wait. Waits spin: a step's halves take about as long on both threads, so a
-wait lasts microseconds, and waking a sleeping thread costs more than that.
+The fused epoch (:mod:`fused_mlp`) runs its two-thread steps on the calling thread and
+one worker thread (:func:`fused_mlp.step_worker`). They talk through ``flags``, an int64
+array laid out by the ``FLAG_*`` indices below: one thread publishes a value with
+:func:`atomic_store` (release), the other waits for it with :func:`wait_for` (acquire
+loads), so everything written before the store is visible after the wait.
+
+- The epoch hands the worker a task (``TASK_*``, its rows in ``FLAG_START`` /
+  ``FLAG_ROWS``...) by raising ``FLAG_GENERATION`` (:func:`hand_over`), and waits for
+  ``FLAG_DONE`` to reach it (:func:`wait_for_worker`). -1 tells the worker to exit;
+  a worker that raised leaves ``WORKER_FAILED``, so no one waits for it forever.
+- Inside a model-parallel step both threads meet at numbered barriers
+  (:func:`barrier`, ``FLAG_ARRIVED + t``), which give up when the other side failed
+  or was stopped.
+
+Waits spin: the two threads' shares of a step take about as long, so a wait lasts
+microseconds, and waking a sleeping thread costs more than that.
 """
 
 from __future__ import annotations
@@ -65,3 +75,48 @@ def wait_for_change(flags, index, old):
     while value == old:
         value = atomic_load(flags, index)
     return value
+
+
+FLAG_GENERATION = 0  # raised by the epoch to hand the worker a task; -1: exit
+FLAG_TASK = 1  # one of TASK_*
+FLAG_START = 2  # the task's rows: order[start:start + rows] (or X's)
+FLAG_ROWS = 3
+FLAG_BATCH_ROWS = 4  # data-parallel: rows of the whole step
+FLAG_DONE = 5  # the generation the worker finished last; WORKER_FAILED: it raised
+FLAG_CORRECT = 6  # data-parallel: the worker's correct predictions
+FLAG_CARVE_ROWS = 7  # model-parallel step: rows the epoch's workspace is carved for
+FLAG_ARRIVED = 8  # and 9: the barriers each thread has reached (model-parallel steps)
+N_FLAGS = 10  # then per parameter k, at FLAG_FOLDS + 2k: its FOLD_* in a model-parallel
+# step, and whether that step's sweep leaves its momentum buffer scaled
+FLAG_FOLDS = N_FLAGS
+FOLD_NONE, FOLD_UNSCALED, FOLD_SCALED = 0, 1, 2
+TASK_FORWARD_BACKWARD, TASK_UPDATE, TASK_MODEL_PARALLEL = 0, 1, 2
+WORKER_FAILED = -2
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def wait_for_worker(flags, generation):
+    """Wait until the worker has finished task ``generation``; raises if it failed."""
+    if wait_for(flags, FLAG_DONE, generation, WORKER_FAILED) != generation:
+        raise RuntimeError("the fused epoch's worker thread failed")
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def hand_over(flags, generation, task):
+    """Give the worker ``task`` as ``generation`` (the task's other flags already set)."""
+    flags[FLAG_TASK] = task
+    atomic_store(flags, FLAG_GENERATION, generation)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def barrier(flags, t, count):
+    """Thread ``t`` has reached its barrier ``count``; wait until the other thread has
+    too. Returns False instead when the worker failed or the epoch stopped it."""
+    atomic_store(flags, FLAG_ARRIVED + t, count)
+    other = FLAG_ARRIVED + 1 - t
+    while atomic_load(flags, other) < count:
+        if atomic_load(flags, FLAG_DONE) == WORKER_FAILED:
+            return False
+        if atomic_load(flags, FLAG_GENERATION) < 0:
+            return False
+    return True

@@ -1,0 +1,242 @@
+"""Data-parallel steps of the fused epoch (CPU): steps of ``DATA_PARALLEL_MIN_ROWS`` rows
+or more, split by :func:`blas.data_parallel_split`.
+
+The worker thread (:func:`fused_mlp.step_worker`) takes the second half of the rows
+through gather, forward, loss and backward (:func:`forward_backward`) while the epoch's
+thread does the first, each into its own ``dW`` buffer and float64 bias sums; then each
+thread sweeps half of every weight matrix from the two ``dW``s added
+(:func:`update_weights_part`). Each half's products run on one BLAS thread, and each
+thread packs all of every weight matrix, which only pays from a few hundred rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gpunet.kernels.cpu.blas import (
+    data_parallel_split,
+    matmul_nn,
+    weight_grad_piece,
+)
+from gpunet.kernels.cpu.dense import (
+    _backward_epilogue_sums,
+)
+from gpunet.kernels.cpu.fused_step import (
+    carve_layers,
+    forward_and_loss,
+    gather_batch,
+)
+from gpunet.kernels.cpu.threads import (
+    FLAG_BATCH_ROWS,
+    FLAG_CORRECT,
+    FLAG_ROWS,
+    FLAG_START,
+    TASK_FORWARD_BACKWARD,
+    TASK_UPDATE,
+    hand_over,
+    wait_for_worker,
+)
+from gpunet.kernels.cpu.update_rules import (
+    update_array,
+)
+
+
+def shared_size(layers) -> int:
+    """float64 elements the worker reports through: its loss sum, then each layer's
+    bias-gradient column sums."""
+    return 1 + int(layers[:, 1].sum())
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def forward_backward(
+    X,
+    labels,
+    targets,
+    order,
+    start,
+    rows,
+    batch_rows,
+    layers,
+    params,
+    P,
+    Gx,
+    work,
+    col_sums,
+    loss_kind,
+    smoothing,
+    mean_reduction,
+):
+    """Forward and backward of the rows ``order[start:start + rows]`` (or
+    ``X[start:start + rows]`` when ``order`` is empty), part of a step on
+    ``batch_rows`` rows, with the step's weights, leaving the update to the caller:
+    each layer's ``dW`` of these rows goes to ``Gx`` at the weight's offset, its
+    bias-gradient sums are added to the float64 ``col_sums`` (layer ``l`` after the
+    widths of the layers before it). ``work``: scratch of at least
+    :func:`workspace_size` elements for ``rows``. Returns ``(loss sum, correct)``."""
+    n_layers = layers.shape[0]
+    n_features = X.shape[1]
+    acts, saved, grads, off = carve_layers(work, layers, rows)
+    if order.shape[0] != 0:
+        xb = work[off : off + rows * n_features].reshape((rows, n_features))
+        y_b = np.empty(rows if labels.shape[0] else 0, labels.dtype)
+        t_b = np.empty((rows if targets.shape[0] else 0, targets.shape[1]), targets.dtype)
+        gather_batch(X, labels, targets, order[start : start + rows], xb, y_b, t_b)
+    else:
+        xb = X[start : start + rows]
+        y_b = labels[start : start + rows]
+        t_b = targets[start : start + rows]
+    total, correct = forward_and_loss(
+        xb,
+        y_b,
+        t_b,
+        batch_rows,
+        layers,
+        params,
+        P,
+        acts,
+        saved,
+        grads,
+        np.zeros(layers[:, 1].max(), P.dtype),
+        loss_kind,
+        smoothing,
+        mean_reduction,
+        np.empty(rows, P.dtype),
+    )
+    sums_end = col_sums.shape[0]
+    for l in range(n_layers - 1, -1, -1):
+        n_in, n_out, wp = layers[l, 0], layers[l, 1], layers[l, 2]
+        w_off = params[wp, 0]
+        W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
+        dz = grads[l]
+        _backward_epilogue_sums(
+            dz, saved[l], dz, col_sums[sums_end - n_out : sums_end], layers[l, 4]
+        )
+        sums_end -= n_out
+        if l > 0:
+            matmul_nn(dz, W, grads[l - 1])
+        a_in = xb if l == 0 else acts[l - 1]
+        weight_grad_piece(dz, a_in, Gx[w_off : w_off + n_out * n_in].reshape((n_out, n_in)))
+    return total, correct
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def update_weights_part(
+    kind, P, G, G_b, S1, S2, S3, H, steps, firsts, layers, params, do_flush, second
+):
+    """The update of every weight matrix from ``G + G_b`` (the two threads' ``dW``, added
+    as :func:`blas.weight_grad` adds its halves), over the first or ``second`` half of
+    its elements: each thread sweeps one half."""
+    for l in range(layers.shape[0]):
+        wp = layers[l, 2]
+        off, size = params[wp, 0], params[wp, 1]
+        lo, hi = (off + size // 2, off + size) if second else (off, off + size // 2)
+        for k in range(lo, hi):
+            G[k] = G[k] + G_b[k]
+        update_array(
+            kind,
+            P[lo:hi],
+            G[lo:hi],
+            S1[lo:hi],
+            S2[lo:hi],
+            S3[lo:hi],
+            H[wp],
+            steps[wp],
+            firsts[wp] != 0,
+            do_flush,
+        )
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def data_parallel_step(
+    X,
+    labels,
+    targets,
+    order,
+    start,
+    nb,
+    layers,
+    params,
+    P,
+    G,
+    G_b,
+    S1,
+    S2,
+    S3,
+    H,
+    steps,
+    firsts,
+    work,
+    col_sums,
+    flags,
+    shared,
+    generation,
+    opt_kind,
+    loss_kind,
+    smoothing,
+    mean_reduction,
+    do_flush,
+):
+    """One step on ``nb`` rows from ``start``, split by :func:`blas.data_parallel_split`:
+    this thread takes the first half, the worker the rest; then each sweeps half of
+    every weight matrix, this thread the biases. Returns ``(loss sum, correct,
+    generation)``."""
+    half = data_parallel_split(nb)
+    flags[FLAG_START] = start + half
+    flags[FLAG_ROWS] = nb - half
+    flags[FLAG_BATCH_ROWS] = nb
+    generation += 1
+    hand_over(flags, generation, TASK_FORWARD_BACKWARD)
+    col_sums[:] = 0.0
+    loss, correct = forward_backward(
+        X,
+        labels,
+        targets,
+        order,
+        start,
+        half,
+        nb,
+        layers,
+        params,
+        P,
+        G,
+        work,
+        col_sums,
+        loss_kind,
+        smoothing,
+        mean_reduction,
+    )
+    wait_for_worker(flags, generation)
+    loss += shared[0]
+    correct += flags[FLAG_CORRECT]
+    for k in range(params.shape[0]):
+        steps[k] += 1
+    generation += 1
+    hand_over(flags, generation, TASK_UPDATE)
+    update_weights_part(
+        opt_kind, P, G, G_b, S1, S2, S3, H, steps, firsts, layers, params, do_flush, False
+    )
+    sums_off = 0
+    for l in range(layers.shape[0]):
+        n_out, bp = layers[l, 1], layers[l, 3]
+        if bp >= 0:
+            lo, hi = params[bp, 0], params[bp, 0] + n_out
+            for j in range(n_out):  # the halves' float64 sums, as dense._backward_epilogue
+                G[lo + j] = col_sums[sums_off + j] + shared[1 + sums_off + j]
+            update_array(
+                opt_kind,
+                P[lo:hi],
+                G[lo:hi],
+                S1[lo:hi],
+                S2[lo:hi],
+                S3[lo:hi],
+                H[bp],
+                steps[bp],
+                firsts[bp] != 0,
+                do_flush,
+            )
+        sums_off += n_out
+    wait_for_worker(flags, generation)
+    for k in range(params.shape[0]):
+        firsts[k] = 0
+    return loss, correct, generation

@@ -1,0 +1,428 @@
+"""Model-parallel steps of the fused epoch (CPU): steps of ``MODEL_PARALLEL_MIN_ROWS`` to
+``DATA_PARALLEL_MIN_ROWS`` rows (:func:`blas.model_parallel_rows`).
+
+Both threads run :func:`model_parallel_part`, each on its half of every layer's output
+columns (thread 0 the first ``n_out // 2``), in the epoch's workspace:
+
+- gather: each thread copies half of the batch's rows; barrier;
+- forward, per layer: ``z[:, cols] = a_prev @ W[cols].T``, bias and activation on those
+  columns; barrier (the next layer reads all of ``a``);
+- loss: thread 0, all rows; barrier;
+- backward, per layer, last first: activation derivative and bias gradient of its
+  columns (the bias updated at once), its rows of ``dW = dz.T @ a_prev``; barrier (all
+  of ``dz`` ready, and the other thread done reading the layer above's weight, whose
+  rows this thread now updates); its columns of ``dx = dz @ W``. The first layer's
+  rows are updated right after its ``dW``.
+
+Each thread reads and writes only its own rows of every weight and of the optimizer
+state; every product runs on one BLAS thread on half of the weight, which OpenBLAS
+would split the same way, but without its synchronisation inside every product. The
+gradients are the one-thread epoch's: each element of a product and each column sum
+is computed alone, in the same order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gpunet.kernels.cpu.blas import (
+    gemm_view,
+)
+from gpunet.kernels.cpu.dense import (
+    _backward_epilogue,
+    _forward_epilogue,
+)
+from gpunet.kernels.cpu.fused_step import (
+    carve_layers,
+    folded_sweep,
+    folds_momentum,
+    gather_targets,
+    loss_and_gradient,
+    scale_momentum,
+)
+from gpunet.kernels.cpu.gather import gather_rows
+from gpunet.kernels.cpu.threads import (
+    FLAG_CARVE_ROWS,
+    FLAG_FOLDS,
+    FLAG_ROWS,
+    FLAG_START,
+    FOLD_NONE,
+    FOLD_SCALED,
+    FOLD_UNSCALED,
+    TASK_MODEL_PARALLEL,
+    barrier,
+    hand_over,
+    wait_for_worker,
+)
+from gpunet.kernels.cpu.update_rules import (
+    update_array,
+)
+
+
+@njit(inline="always", error_model="numpy")
+def _half(n, t):
+    """Thread ``t``'s half ``(lo, hi)`` of ``range(n)`` (columns of a layer, or rows)."""
+    half = n // 2
+    return (0, half) if t == 0 else (half, n)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _model_parallel_forward(t, flags, count, X, order, start, nb, layers, params, P, work):
+    """Thread ``t``'s part of a model-parallel step's forward: its half of the batch's
+    rows gathered, then per layer its half of the output columns (``a @ W[cols].T``,
+    bias, activation), a barrier after each. ``work``: the epoch's workspace, carved
+    for ``flags[FLAG_CARVE_ROWS]`` rows. Returns the barrier count, -1 if stopped."""
+    acts, saved, _, off = carve_layers(work, layers, flags[FLAG_CARVE_ROWS])
+    if order.shape[0] != 0:
+        n_features = X.shape[1]
+        xb = work[off : off + nb * n_features].reshape((nb, n_features))
+        r0, r1 = _half(nb, t)
+        gather_rows(X, order[start + r0 : start + r1], xb[r0:r1])
+        count += 1
+        if not barrier(flags, t, count):
+            return -1
+    else:
+        xb = X[start : start + nb]
+    a_prev = xb
+    for l in range(layers.shape[0]):
+        n_in, n_out, wp, bp, act = (
+            layers[l, 0],
+            layers[l, 1],
+            layers[l, 2],
+            layers[l, 3],
+            layers[l, 4],
+        )
+        c0, c1 = _half(n_out, t)
+        w_off = params[wp, 0]
+        W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
+        z = acts[l][:nb, c0:c1]
+        gemm_view(a_prev, W[c0:c1].T, z, 0.0)
+        if bp >= 0:
+            b = P[params[bp, 0] + c0 : params[bp, 0] + c1]
+        else:
+            b = np.zeros(c1 - c0, P.dtype)
+        _forward_epilogue(z, b, saved[l][:nb, c0:c1], act)
+        a_prev = acts[l][:nb]
+        count += 1
+        if not barrier(flags, t, count):
+            return -1
+    return count
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _model_parallel_backward(
+    t,
+    flags,
+    count,
+    X,
+    start,
+    nb,
+    layers,
+    params,
+    P,
+    G,
+    S1,
+    S2,
+    S3,
+    H,
+    steps,
+    firsts,
+    work,
+    opt_kind,
+    do_flush,
+    gathered,
+):
+    """Thread ``t``'s part of a model-parallel step's backward, the loss gradient in the
+    last layer's ``grads``: per layer, last first, the activation derivative and bias
+    gradient of its half of the columns (the bias updated at once), its rows of ``dW``,
+    a barrier, then its half of the columns of ``dx = dz @ W``. A weight's rows are
+    updated after the next barrier, once the other thread has read the weight for
+    ``dx`` (the first layer's at once). Returns the barrier count, -1 if stopped."""
+    n_layers = layers.shape[0]
+    acts, saved, grads, off = carve_layers(work, layers, flags[FLAG_CARVE_ROWS])
+    if gathered:
+        xb = work[off : off + nb * X.shape[1]].reshape((nb, X.shape[1]))
+    else:
+        xb = X[start : start + nb]
+    for l in range(n_layers - 1, -1, -1):
+        n_in, n_out, wp, bp, act = (
+            layers[l, 0],
+            layers[l, 1],
+            layers[l, 2],
+            layers[l, 3],
+            layers[l, 4],
+        )
+        c0, c1 = _half(n_out, t)
+        dz = grads[l][:nb, c0:c1]
+        if bp >= 0:
+            lo, hi = params[bp, 0] + c0, params[bp, 0] + c1
+            _backward_epilogue(dz, saved[l][:nb, c0:c1], dz, G[lo:hi], act)
+            _update_part(opt_kind, P, G, S1, S2, S3, H, steps, firsts, bp, lo, hi, do_flush)
+        else:
+            _backward_epilogue(dz, saved[l][:nb, c0:c1], dz, np.empty(c1 - c0, P.dtype), act)
+        a_in = xb if l == 0 else acts[l - 1][:nb]
+        _weight_grad_part(flags, G, S1, H, steps, firsts, wp, params[wp, 0] + c0 * n_in, dz, a_in)
+        if l == 0:
+            _update_weight_part(
+                opt_kind, flags, P, G, S1, S2, S3, H, steps, firsts, layers, params, l, t, do_flush
+            )
+        # all of dz (for dx), and the other thread done reading the layer above
+        count += 1
+        if not barrier(flags, t, count):
+            return -1
+        if l + 1 < n_layers:
+            _update_weight_part(
+                opt_kind,
+                flags,
+                P,
+                G,
+                S1,
+                S2,
+                S3,
+                H,
+                steps,
+                firsts,
+                layers,
+                params,
+                l + 1,
+                t,
+                do_flush,
+            )
+        if l > 0:
+            w_off = params[wp, 0]
+            W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
+            i0, i1 = _half(n_in, t)
+            gemm_view(grads[l][:nb], W[:, i0:i1], grads[l - 1][:nb, i0:i1], 0.0)
+    return count
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _update_part(kind, P, G, S1, S2, S3, H, steps, firsts, k, lo, hi, do_flush):
+    """The optimizer step of parameter ``k`` over ``P[lo:hi]`` from ``G[lo:hi]``."""
+    update_array(
+        kind,
+        P[lo:hi],
+        G[lo:hi],
+        S1[lo:hi],
+        S2[lo:hi],
+        S3[lo:hi],
+        H[k],
+        steps[k],
+        firsts[k] != 0,
+        do_flush,
+    )
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _weight_grad_part(flags, G, S1, H, steps, firsts, wp, lo, dz, a):
+    """The rows of weight ``wp``'s ``dW = dz.T @ a`` for a block of ``dz``'s columns,
+    from element ``lo`` of the flat buffers on: into ``G``, or (its flag ``FOLD_*``)
+    added into the momentum buffer, first scaled by the momentum unless the previous
+    step left it so."""
+    shape = (dz.shape[1], a.shape[1])
+    size = shape[0] * shape[1]
+    fold = flags[FLAG_FOLDS + 2 * wp]
+    if fold == FOLD_NONE:
+        gemm_view(dz.T, a, G[lo : lo + size].reshape(shape), 0.0)
+        return
+    buf = S1[lo : lo + size]
+    if fold == FOLD_UNSCALED:
+        scale_momentum(buf, H[wp], steps[wp], firsts[wp] != 0)
+    gemm_view(dz.T, a, buf.reshape(shape), 1.0)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _update_weight_part(
+    kind, flags, P, G, S1, S2, S3, H, steps, firsts, layers, params, l, t, do_flush
+):
+    """Thread ``t``'s rows of layer ``l``'s weight: the optimizer step from ``G``, or the
+    folded momentum sweep (:func:`folded_sweep`)."""
+    n_in, wp = layers[l, 0], layers[l, 2]
+    r0, r1 = _half(layers[l, 1], t)
+    lo, hi = params[wp, 0] + r0 * n_in, params[wp, 0] + r1 * n_in
+    if flags[FLAG_FOLDS + 2 * wp] == FOLD_NONE:
+        _update_part(kind, P, G, S1, S2, S3, H, steps, firsts, wp, lo, hi, do_flush)
+    else:
+        scale_after = flags[FLAG_FOLDS + 2 * wp + 1] != 0
+        folded_sweep(P[lo:hi], S1[lo:hi], H[wp], steps[wp], firsts[wp] != 0, scale_after)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def plan_folds(flags, kind, H, steps, firsts, layers, params, P, nb, nb_next, do_flush, scaled):
+    """Before a model-parallel step on ``nb`` rows (``steps`` already counted): per
+    weight whether its ``dW`` folds into the momentum buffer (``FOLD_*``) and whether
+    the sweep leaves the buffer scaled for the next step, on ``nb_next`` rows (0: none);
+    the epoch's ``scaled`` flags follow."""
+    for l in range(layers.shape[0]):
+        n_in, n_out, wp = layers[l, 0], layers[l, 1], layers[l, 2]
+        W = P[params[wp, 0] : params[wp, 0] + n_out * n_in].reshape((n_out, n_in))
+        fold = FOLD_NONE
+        after = False
+        if folds_momentum(kind, H[wp], steps[wp], firsts[wp] != 0, nb, W, do_flush):
+            fold = FOLD_SCALED if scaled[wp] else FOLD_UNSCALED
+            after = nb_next > 0 and folds_momentum(
+                kind, H[wp], steps[wp] + 1, False, nb_next, W, do_flush
+            )
+        flags[FLAG_FOLDS + 2 * wp] = fold
+        flags[FLAG_FOLDS + 2 * wp + 1] = after
+        scaled[wp] = after
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def model_parallel_part(
+    t,
+    flags,
+    count,
+    X,
+    order,
+    start,
+    nb,
+    layers,
+    params,
+    P,
+    G,
+    S1,
+    S2,
+    S3,
+    H,
+    steps,
+    firsts,
+    work,
+    opt_kind,
+    do_flush,
+    out_loss,
+):
+    """Thread ``t``'s part of a whole model-parallel step; thread 0 also computes the loss
+    between forward and backward with ``out_loss`` (``(y_b, t_b, loss_kind, smoothing,
+    mean_reduction, loss_rows)``). Returns ``(count, loss sum, correct)``, count -1 if
+    stopped."""
+    count = _model_parallel_forward(t, flags, count, X, order, start, nb, layers, params, P, work)
+    if count < 0:
+        return -1, 0.0, 0
+    total, correct = 0.0, 0
+    if t == 0:
+        y_b, t_b, loss_kind, smoothing, mean_reduction, loss_rows = out_loss
+        acts, _, grads, _ = carve_layers(work, layers, flags[FLAG_CARVE_ROWS])
+        last = layers.shape[0] - 1
+        total, correct = loss_and_gradient(
+            acts[last][:nb],
+            grads[last][:nb],
+            y_b,
+            t_b,
+            nb,
+            loss_kind,
+            smoothing,
+            mean_reduction,
+            loss_rows,
+        )
+    count += 1
+    if not barrier(flags, t, count):
+        return -1, 0.0, 0
+    count = _model_parallel_backward(
+        t,
+        flags,
+        count,
+        X,
+        start,
+        nb,
+        layers,
+        params,
+        P,
+        G,
+        S1,
+        S2,
+        S3,
+        H,
+        steps,
+        firsts,
+        work,
+        opt_kind,
+        do_flush,
+        order.shape[0] != 0,
+    )
+    return count, total, correct
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def model_parallel_step(
+    X,
+    labels,
+    targets,
+    order,
+    start,
+    nb,
+    nb_next,
+    carve_rows,
+    layers,
+    params,
+    P,
+    G,
+    S1,
+    S2,
+    S3,
+    H,
+    steps,
+    firsts,
+    work,
+    flags,
+    generation,
+    count,
+    opt_kind,
+    loss_kind,
+    smoothing,
+    mean_reduction,
+    do_flush,
+    scaled,
+    label_rows,
+    target_rows,
+    loss_rows,
+):
+    """The epoch's side of one model-parallel step on ``nb`` rows from ``start`` (the
+    next step has ``nb_next``; ``work`` carved for ``carve_rows``): hands the worker its
+    part, runs thread 0's, waits for the worker. ``scaled``: the epoch's per-parameter
+    momentum-buffer flags (:func:`plan_folds`); ``label_rows`` / ``target_rows`` /
+    ``loss_rows``: this thread's scratch for the loss. Returns ``(loss sum, correct,
+    generation, count)``."""
+    if order.shape[0] != 0:
+        gather_targets(labels, targets, order[start : start + nb], label_rows, target_rows)
+        y_b, t_b = label_rows[:nb], target_rows[:nb]
+    else:
+        y_b, t_b = labels[start : start + nb], targets[start : start + nb]
+    for k in range(params.shape[0]):
+        steps[k] += 1
+    plan_folds(flags, opt_kind, H, steps, firsts, layers, params, P, nb, nb_next, do_flush, scaled)
+    flags[FLAG_START] = start
+    flags[FLAG_ROWS] = nb
+    flags[FLAG_CARVE_ROWS] = carve_rows
+    generation += 1
+    hand_over(flags, generation, TASK_MODEL_PARALLEL)
+    count, total, correct = model_parallel_part(
+        0,
+        flags,
+        count,
+        X,
+        order,
+        start,
+        nb,
+        layers,
+        params,
+        P,
+        G,
+        S1,
+        S2,
+        S3,
+        H,
+        steps,
+        firsts,
+        work,
+        opt_kind,
+        do_flush,
+        (y_b, t_b, loss_kind, smoothing, mean_reduction, loss_rows),
+    )
+    if count < 0:
+        raise RuntimeError("the fused epoch's worker thread failed")
+    wait_for_worker(flags, generation)
+    for k in range(params.shape[0]):
+        firsts[k] = 0
+    return total, correct, generation, count
