@@ -70,7 +70,12 @@ DATA_PARALLEL_MIN_ROWS = 384
 #: the fused epoch runs steps of at least this many rows, and fewer than
 #: ``DATA_PARALLEL_MIN_ROWS``, on two threads by columns (:func:`model_parallel_rows`):
 #: each thread computes half of every layer's output columns, its rows of ``dW`` and half
-#: of ``dx``'s columns with one-thread BLAS, and updates its rows of every weight.
+#: of ``dx``'s columns with one-thread BLAS, and updates its rows of every weight, with
+#: a barrier per layer and direction. Same process, epochs alternating, median samples/s
+#: (one thread with 2-thread BLAS -> two threads): quiet spells SGD 128 49.0k -> 48.9k,
+#: Adam 128 43.2k -> 46.2k, Adam 256 47.8k -> 49.5k, 352 49.0k -> 49.3k; slow spells of
+#: the VM's 2-thread products SGD 32 13.1k -> 22.3k, SGD 128 25.5k -> 32.1k and 29.4k ->
+#: 39.1k (``bench_kernels.py -k two_thread_epoch``, 32 rows: 332 -> 110 ms per epoch).
 MODEL_PARALLEL_MIN_ROWS = 32
 # the forward's dot products may be summed in any order, so their reductions vectorize;
 # both CPU paths call the same compiled loop, so they still agree bit for bit
