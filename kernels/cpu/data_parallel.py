@@ -26,6 +26,7 @@ from gpunet.kernels.cpu.fused_step import (
     carve_layers,
     forward_and_loss,
     gather_batch,
+    update_parameter_span,
 )
 from gpunet.kernels.cpu.threads import (
     FLAG_BATCH_ROWS,
@@ -36,9 +37,6 @@ from gpunet.kernels.cpu.threads import (
     TASK_UPDATE,
     hand_over,
     wait_for_worker,
-)
-from gpunet.kernels.cpu.update_rules import (
-    update_array,
 )
 
 
@@ -133,18 +131,7 @@ def update_weights_part(
         lo, hi = (off + size // 2, off + size) if second else (off, off + size // 2)
         for k in range(lo, hi):
             G[k] = G[k] + G_b[k]
-        update_array(
-            kind,
-            P[lo:hi],
-            G[lo:hi],
-            S1[lo:hi],
-            S2[lo:hi],
-            S3[lo:hi],
-            H[wp],
-            steps[wp],
-            firsts[wp] != 0,
-            do_flush,
-        )
+        update_parameter_span(kind, P, G, S1, S2, S3, H, steps, firsts, wp, lo, hi, do_flush)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -223,17 +210,8 @@ def data_parallel_step(
             lo, hi = params[bp, 0], params[bp, 0] + n_out
             for j in range(n_out):  # the halves' float64 sums, as dense._backward_epilogue
                 G[lo + j] = col_sums[sums_off + j] + shared[1 + sums_off + j]
-            update_array(
-                opt_kind,
-                P[lo:hi],
-                G[lo:hi],
-                S1[lo:hi],
-                S2[lo:hi],
-                S3[lo:hi],
-                H[bp],
-                steps[bp],
-                firsts[bp] != 0,
-                do_flush,
+            update_parameter_span(
+                opt_kind, P, G, S1, S2, S3, H, steps, firsts, bp, lo, hi, do_flush
             )
         sums_off += n_out
     wait_for_worker(flags, generation)

@@ -73,6 +73,7 @@ from gpunet.kernels.cpu.fused_step import (
     folds_momentum,
     forward_and_loss,
     gather_batch,
+    update_parameter_span,
     update_weights_blas,
     update_weights_folded,
     update_weights_rowwise,
@@ -92,9 +93,6 @@ from gpunet.kernels.cpu.threads import (
     WORKER_FAILED,
     atomic_store,
     wait_for_change,
-)
-from gpunet.kernels.cpu.update_rules import (
-    update_array,
 )
 
 # what the fused engine (gpunet.train.fused) uses of this module
@@ -532,17 +530,8 @@ def train_epoch(
             firsts[wp] = 0
             if bp >= 0:
                 steps[bp] += 1
-                update_array(
-                    opt_kind,
-                    P[b_off : b_off + n_out],
-                    G[b_off : b_off + n_out],
-                    S1[b_off : b_off + n_out],
-                    S2[b_off : b_off + n_out],
-                    S3[b_off : b_off + n_out],
-                    H[bp],
-                    steps[bp],
-                    firsts[bp] != 0,
-                    do_flush,
+                update_parameter_span(
+                    opt_kind, P, G, S1, S2, S3, H, steps, firsts, bp, b_off, b_off + n_out, do_flush
                 )
                 firsts[bp] = 0
     return loss_sum, correct

@@ -106,6 +106,24 @@ def update_weights_rowwise(
         )
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def update_parameter_span(kind, P, G, S1, S2, S3, H, steps, firsts, k, lo, hi, do_flush):
+    """The optimizer step of parameter ``k`` (its hyperparameter row ``H[k]``, step count
+    and first-step flag) over the flat buffers' elements ``lo:hi`` from ``G[lo:hi]``."""
+    update_array(
+        kind,
+        P[lo:hi],
+        G[lo:hi],
+        S1[lo:hi],
+        S2[lo:hi],
+        S3[lo:hi],
+        H[k],
+        steps[k],
+        firsts[k] != 0,
+        do_flush,
+    )
+
+
 @njit(cache=True, error_model="numpy")
 def update_weights_blas(kind, P, G, S1, S2, S3, off, dz, a, dz_t, h, step, first, do_flush):
     """Update the weight block ``P[off:off + n_out*n_in]`` with ``dW = dz.T @ a`` by BLAS

@@ -36,6 +36,7 @@ from gpunet.kernels.cpu.fused_step import (
     gather_targets,
     loss_and_gradient,
     scale_momentum,
+    update_parameter_span,
 )
 from gpunet.kernels.cpu.gather import gather_rows
 from gpunet.kernels.cpu.threads import (
@@ -51,7 +52,6 @@ from gpunet.kernels.cpu.threads import (
     hand_over,
     wait_for_worker,
 )
-from gpunet.kernels.cpu.update_rules import update_array
 
 
 @njit(inline="always", error_model="numpy")
@@ -152,7 +152,9 @@ def _model_parallel_backward(
         if bp >= 0:
             lo, hi = params[bp, 0] + c0, params[bp, 0] + c1
             _backward_epilogue(dz, saved[l][:nb, c0:c1], dz, G[lo:hi], act)
-            _update_part(opt_kind, P, G, S1, S2, S3, H, steps, firsts, bp, lo, hi, do_flush)
+            update_parameter_span(
+                opt_kind, P, G, S1, S2, S3, H, steps, firsts, bp, lo, hi, do_flush
+            )
         else:
             _backward_epilogue(dz, saved[l][:nb, c0:c1], dz, np.empty(c1 - c0, P.dtype), act)
         a_in = xb if l == 0 else acts[l - 1][:nb]
@@ -192,23 +194,6 @@ def _model_parallel_backward(
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _update_part(kind, P, G, S1, S2, S3, H, steps, firsts, k, lo, hi, do_flush):
-    """The optimizer step of parameter ``k`` over ``P[lo:hi]`` from ``G[lo:hi]``."""
-    update_array(
-        kind,
-        P[lo:hi],
-        G[lo:hi],
-        S1[lo:hi],
-        S2[lo:hi],
-        S3[lo:hi],
-        H[k],
-        steps[k],
-        firsts[k] != 0,
-        do_flush,
-    )
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
 def _weight_grad_part(flags, G, S1, H, steps, firsts, wp, lo, dz, a):
     """The rows of weight ``wp``'s ``dW = dz.T @ a`` for a block of ``dz``'s columns,
     from element ``lo`` of the flat buffers on: into ``G``, or (its flag ``FOLD_*``)
@@ -236,7 +221,7 @@ def _update_weight_part(
     r0, r1 = _half(layers[l, 1], t)
     lo, hi = params[wp, 0] + r0 * n_in, params[wp, 0] + r1 * n_in
     if flags[FLAG_FOLDS + 2 * wp] == FOLD_NONE:
-        _update_part(kind, P, G, S1, S2, S3, H, steps, firsts, wp, lo, hi, do_flush)
+        update_parameter_span(kind, P, G, S1, S2, S3, H, steps, firsts, wp, lo, hi, do_flush)
     else:
         scale_after = flags[FLAG_FOLDS + 2 * wp + 1] != 0
         folded_sweep(P[lo:hi], S1[lo:hi], H[wp], steps[wp], firsts[wp] != 0, scale_after)
