@@ -15,14 +15,25 @@ loads), so everything written before the store is visible after the wait.
   or was stopped.
 
 Waits spin: the two threads' shares of a step take about as long, so a wait lasts
-microseconds, and waking a sleeping thread costs more than that.
+microseconds, and waking a sleeping thread costs more than that. After
+``SPINS_BEFORE_YIELD`` looks a wait yields the CPU on every turn (:func:`yield_cpu`),
+which costs nothing while no other thread wants this CPU.
 """
 
 from __future__ import annotations
 
+import sys
+
+from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+#: spins between a wait's first look and its first yield of the CPU
+SPINS_BEFORE_YIELD = 64
+# the OS call that lets another runnable thread have this CPU (found by name when the
+# kernel is linked, so compiled kernels stay cacheable)
+_YIELD_SYMBOL = "SwitchToThread" if sys.platform == "win32" else "sched_yield"
 
 
 def _element_pointer(context, builder, array_type, array, index):
@@ -58,12 +69,42 @@ def atomic_store(typingctx, flags, index, value):
     return types.void(flags, types.intp, types.int64), codegen
 
 
+@intrinsic
+def yield_cpu(typingctx):
+    """Let another runnable thread have this CPU, if there is one (``sched_yield``).
+
+    A wait must not spin through a whole time slice when the thread it waits for is
+    queued on the same CPU (a third busy thread, e.g. another library's BLAS worker
+    spinning after its call, can leave both of ours on one CPU of two): each of a
+    model-parallel step's barriers would then cost a slice."""
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), []), _YIELD_SYMBOL
+        )
+        builder.call(fn, ())
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@njit(inline="always")
+def _pause(spins):
+    """One turn of a wait that has looked ``spins`` times: the first turns only look
+    again, later ones yield the CPU first."""
+    if spins >= SPINS_BEFORE_YIELD:
+        yield_cpu()
+    return spins + 1
+
+
 @njit(cache=True, nogil=True)
 def wait_for(flags, index, value, failed):
     """Spin until ``flags[index]`` is ``value`` or ``failed`` (the other thread gave
     up); returns which."""
     seen = atomic_load(flags, index)
+    spins = 0
     while seen != value and seen != failed:
+        spins = _pause(spins)
         seen = atomic_load(flags, index)
     return seen
 
@@ -72,7 +113,9 @@ def wait_for(flags, index, value, failed):
 def wait_for_change(flags, index, old):
     """Spin until ``flags[index] != old``; returns the new value."""
     value = atomic_load(flags, index)
+    spins = 0
     while value == old:
+        spins = _pause(spins)
         value = atomic_load(flags, index)
     return value
 
@@ -114,7 +157,9 @@ def barrier(flags, t, count):
     too. Returns False instead when the worker failed or the epoch stopped it."""
     atomic_store(flags, FLAG_ARRIVED + t, count)
     other = FLAG_ARRIVED + 1 - t
+    spins = 0
     while atomic_load(flags, other) < count:
+        spins = _pause(spins)
         if atomic_load(flags, FLAG_DONE) == WORKER_FAILED:
             return False
         if atomic_load(flags, FLAG_GENERATION) < 0:
