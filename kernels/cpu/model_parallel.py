@@ -62,22 +62,12 @@ def _half(n, t):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _model_parallel_forward(t, flags, count, X, order, start, nb, layers, params, P, work):
-    """Thread ``t``'s part of a model-parallel step's forward: its half of the batch's
-    rows gathered, then per layer its half of the output columns (``a @ W[cols].T``,
-    bias, activation), a barrier after each. ``work``: the epoch's workspace, carved
-    for ``flags[FLAG_CARVE_ROWS]`` rows. Returns the barrier count, -1 if stopped."""
-    acts, saved, _, off = carve_layers(work, layers, flags[FLAG_CARVE_ROWS])
-    if order.shape[0] != 0:
-        n_features = X.shape[1]
-        xb = work[off : off + nb * n_features].reshape((nb, n_features))
-        r0, r1 = _half(nb, t)
-        gather_rows(X, order[start + r0 : start + r1], xb[r0:r1])
-        count += 1
-        if not barrier(flags, t, count):
-            return -1
-    else:
-        xb = X[start : start + nb]
+def _model_parallel_forward(t, flags, count, layers, params, P, xb, acts, saved):
+    """Thread ``t``'s part of a model-parallel step's forward on the batch ``xb``
+    (nb, F): per layer its half of the output columns (``a @ W[cols].T``, bias,
+    activation) into ``acts`` / ``saved`` (the epoch's workspace), a barrier after each.
+    Returns the barrier count, -1 if stopped."""
+    nb = xb.shape[0]
     a_prev = xb
     for l in range(layers.shape[0]):
         n_in, n_out, wp, bp, act = (
@@ -109,9 +99,6 @@ def _model_parallel_backward(
     t,
     flags,
     count,
-    X,
-    start,
-    nb,
     layers,
     params,
     P,
@@ -122,10 +109,12 @@ def _model_parallel_backward(
     H,
     steps,
     firsts,
-    work,
     opt_kind,
     do_flush,
-    gathered,
+    xb,
+    acts,
+    saved,
+    grads,
 ):
     """Thread ``t``'s part of a model-parallel step's backward, the loss gradient in the
     last layer's ``grads``: per layer, last first, the activation derivative and bias
@@ -134,11 +123,7 @@ def _model_parallel_backward(
     updated after the next barrier, once the other thread has read the weight for
     ``dx`` (the first layer's at once). Returns the barrier count, -1 if stopped."""
     n_layers = layers.shape[0]
-    acts, saved, grads, off = carve_layers(work, layers, flags[FLAG_CARVE_ROWS])
-    if gathered:
-        xb = work[off : off + nb * X.shape[1]].reshape((nb, X.shape[1]))
-    else:
-        xb = X[start : start + nb]
+    nb = xb.shape[0]
     for l in range(n_layers - 1, -1, -1):
         n_in, n_out, wp, bp, act = (
             layers[l, 0],
@@ -272,17 +257,29 @@ def model_parallel_part(
     do_flush,
     out_loss,
 ):
-    """Thread ``t``'s part of a whole model-parallel step; thread 0 also computes the loss
+    """Thread ``t``'s part of a whole model-parallel step on ``work`` (the epoch's
+    workspace, carved for ``flags[FLAG_CARVE_ROWS]`` rows): its half of the batch's rows
+    gathered (barrier), forward, backward; thread 0 also computes the loss
     between forward and backward with ``out_loss`` (``(y_b, t_b, loss_kind, smoothing,
     mean_reduction, loss_rows)``). Returns ``(count, loss sum, correct)``, count -1 if
     stopped."""
-    count = _model_parallel_forward(t, flags, count, X, order, start, nb, layers, params, P, work)
+    acts, saved, grads, off = carve_layers(work, layers, flags[FLAG_CARVE_ROWS])
+    if order.shape[0] != 0:
+        n_features = X.shape[1]
+        xb = work[off : off + nb * n_features].reshape((nb, n_features))
+        r0, r1 = _half(nb, t)
+        gather_rows(X, order[start + r0 : start + r1], xb[r0:r1])
+        count += 1
+        if not barrier(flags, t, count):
+            return -1, 0.0, 0
+    else:
+        xb = X[start : start + nb]
+    count = _model_parallel_forward(t, flags, count, layers, params, P, xb, acts, saved)
     if count < 0:
         return -1, 0.0, 0
     total, correct = 0.0, 0
     if t == 0:
         y_b, t_b, loss_kind, smoothing, mean_reduction, loss_rows = out_loss
-        acts, _, grads, _ = carve_layers(work, layers, flags[FLAG_CARVE_ROWS])
         last = layers.shape[0] - 1
         total, correct = loss_and_gradient(
             acts[last][:nb],
@@ -302,9 +299,6 @@ def model_parallel_part(
         t,
         flags,
         count,
-        X,
-        start,
-        nb,
         layers,
         params,
         P,
@@ -315,10 +309,12 @@ def model_parallel_part(
         H,
         steps,
         firsts,
-        work,
         opt_kind,
         do_flush,
-        order.shape[0] != 0,
+        xb,
+        acts,
+        saved,
+        grads,
     )
     return count, total, correct
 
