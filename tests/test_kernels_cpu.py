@@ -154,6 +154,93 @@ def test_backward_epilogue_in_place_matches_out_of_place(act, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("cols", [(0, 10), (10, 21), (5, 6), (0, 21), (7, 7)], ids=str)
+def test_epilogues_on_a_column_block(cols, act, dtype):
+    """The model-parallel step's epilogues on columns ``c0:c1`` of whole-width arrays give
+    the bits of the whole-array epilogues on that block, and leave the other columns."""
+    from gpunet.kernels.cpu.dense import (
+        _backward_epilogue,
+        _backward_epilogue_columns,
+        _forward_epilogue,
+        _forward_epilogue_columns,
+        activation_code,
+    )
+
+    c0, c1 = cols
+    code = activation_code(act)
+    rng = np.random.default_rng(c0 * 31 + c1)
+    z = rng.standard_normal((13, 21)).astype(dtype)
+    b = rng.standard_normal(21).astype(dtype)
+    y, saved = z.copy(), np.full_like(z, 5.0)
+    _forward_epilogue_columns(y, b[c0:c1], saved, code, c0, c1)
+    y_ref, saved_ref = np.ascontiguousarray(z[:, c0:c1]), np.full((13, c1 - c0), 5.0, dtype)
+    _forward_epilogue(y_ref, b[c0:c1], saved_ref, code)
+    np.testing.assert_array_equal(y[:, c0:c1], y_ref)
+    np.testing.assert_array_equal(
+        np.delete(y, np.s_[c0:c1], axis=1), np.delete(z, np.s_[c0:c1], axis=1)
+    )
+    if act == "gelu":
+        np.testing.assert_array_equal(saved[:, c0:c1], saved_ref)
+
+    dy = rng.standard_normal((13, 21)).astype(dtype)
+    block = np.ascontiguousarray(dy[:, c0:c1])
+    dz_ref, db_ref = np.empty_like(block), np.empty(c1 - c0, dtype)
+    _backward_epilogue(block, np.ascontiguousarray(saved[:, c0:c1]), dz_ref, db_ref, code)
+    if act == "linear":
+        dz_ref = block
+    for in_place in (False, True):
+        dz = dy.copy() if in_place else np.full_like(dy, 9.0)
+        db = np.empty(c1 - c0, dtype)
+        _backward_epilogue_columns(dy.copy() if not in_place else dz, saved, dz, db, code, c0, c1)
+        np.testing.assert_array_equal(db, db_ref)
+        if in_place or act != "linear":
+            np.testing.assert_array_equal(dz[:, c0:c1], dz_ref)
+        rest = np.delete(dz, np.s_[c0:c1], axis=1)
+        np.testing.assert_array_equal(
+            rest, np.delete(dy if in_place else np.full_like(dy, 9.0), np.s_[c0:c1], axis=1)
+        )
+
+
+def test_evict_block_keeps_the_data():
+    """Flushing cache lines never changes memory: row and column blocks, a transposed
+    view, single elements, empty blocks."""
+    from gpunet.kernels.cpu.evict import evict_block
+
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64):
+        a = rng.standard_normal((37, 129)).astype(dtype)
+        before = a.copy()
+        for view in (a, a[3:9], a[:, 64:], a[:, 1:2], a.T[5:40, 2:7], a[:0], a[:, :0], a[4:5, 7:8]):
+            evict_block(view)
+        np.testing.assert_array_equal(a, before)
+
+
+def test_flush_instruction(monkeypatch):
+    """clflushopt only where Numba compiles for this CPU and it has the instruction; a
+    portable target (NUMBA_CPU_NAME) gets x86-64's clflush; no flush off x86."""
+    import platform
+
+    from llvmlite import binding as llvm
+    from numba.core import config
+
+    from gpunet.kernels.cpu import evict
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(llvm, "get_host_cpu_features", lambda: {"clflushopt": True})
+    monkeypatch.setattr(config, "CPU_NAME", None)
+    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    assert evict.flush_instruction() == "llvm.x86.clflushopt"
+    monkeypatch.setattr(llvm, "get_host_cpu_features", lambda: {"clflushopt": False})
+    assert evict.flush_instruction() == "llvm.x86.sse2.clflush"
+    monkeypatch.setattr(llvm, "get_host_cpu_features", lambda: {"clflushopt": True})
+    monkeypatch.setattr(config, "CPU_NAME", "generic")
+    assert evict.flush_instruction() == "llvm.x86.sse2.clflush"
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    assert evict.flush_instruction() is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_dense_backward_no_dx_and_roundtrip(dtype):
     """need_dx=False gives dx None; saved from the kernel's own forward works (GELU)."""
     x, W, b, dy = _dense_inputs((9, 11, 6), dtype, seed=7)

@@ -22,6 +22,7 @@ from gpunet.kernels.cpu.blas import (
 from gpunet.kernels.cpu.dense import (
     _backward_epilogue_sums,
 )
+from gpunet.kernels.cpu.evict import evict_block
 from gpunet.kernels.cpu.fused_step import (
     carve_layers,
     forward_and_loss,
@@ -124,14 +125,29 @@ def update_weights_part(
 ):
     """The update of every weight matrix from ``G + G_b`` (the two threads' ``dW``, added
     as :func:`blas.weight_grad` adds its halves), over the first or ``second`` half of
-    its elements: each thread sweeps one half."""
+    its elements: each thread sweeps one half. The sum goes to the buffer the sweeping
+    thread wrote (``G`` for the first half, ``G_b`` for the second): a thread storing
+    into lines the other thread wrote would pull them over from its core."""
+    own, other = (G_b, G) if second else (G, G_b)
     for l in range(layers.shape[0]):
         wp = layers[l, 2]
         off, size = params[wp, 0], params[wp, 1]
         lo, hi = (off + size // 2, off + size) if second else (off, off + size // 2)
         for k in range(lo, hi):
-            G[k] = G[k] + G_b[k]
-        update_parameter_span(kind, P, G, S1, S2, S3, H, steps, firsts, wp, lo, hi, do_flush)
+            own[k] = G[k] + G_b[k]
+        update_parameter_span(kind, P, own, S1, S2, S3, H, steps, firsts, wp, lo, hi, do_flush)
+        evict_block(other[lo:hi].reshape((1, hi - lo)))  # the other thread's next dW
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def evict_weights_half(P, layers, params, second):
+    """Drop this thread's cached copies of the first or ``second`` half of every weight
+    matrix (the half the other thread updates next: :mod:`evict`)."""
+    for l in range(layers.shape[0]):
+        wp = layers[l, 2]
+        off, size = params[wp, 0], params[wp, 1]
+        lo, hi = (off + size // 2, off + size) if second else (off, off + size // 2)
+        evict_block(P[lo:hi].reshape((1, hi - lo)))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -194,6 +210,7 @@ def data_parallel_step(
         mean_reduction,
     )
     wait_for_worker(flags, generation)
+    evict_weights_half(P, layers, params, True)
     loss += shared[0]
     correct += flags[FLAG_CORRECT]
     for k in range(params.shape[0]):

@@ -57,6 +57,7 @@ from gpunet.kernels.cpu.blas import (
 )
 from gpunet.kernels.cpu.data_parallel import (
     data_parallel_step,
+    evict_weights_half,
     forward_backward,
     shared_size,
     update_weights_part,
@@ -194,6 +195,7 @@ def step_worker(
                 smoothing,
                 mean_reduction,
             )
+            evict_weights_half(P, layers, params, False)
             shared[0] = loss
             flags[FLAG_CORRECT] = correct
         else:

@@ -28,7 +28,8 @@ import numpy as np
 from numba import njit
 
 from gpunet.kernels.cpu.blas import gemm_view
-from gpunet.kernels.cpu.dense import _backward_epilogue, _forward_epilogue
+from gpunet.kernels.cpu.dense import _backward_epilogue_columns, _forward_epilogue_columns
+from gpunet.kernels.cpu.evict import evict_block
 from gpunet.kernels.cpu.fused_step import (
     carve_layers,
     folded_sweep,
@@ -86,7 +87,7 @@ def _model_parallel_forward(t, flags, count, layers, params, P, xb, acts, saved)
             b = P[params[bp, 0] + c0 : params[bp, 0] + c1]
         else:
             b = np.zeros(c1 - c0, P.dtype)
-        _forward_epilogue(z, b, saved[l][:nb, c0:c1], act)
+        _forward_epilogue_columns(acts[l][:nb], b, saved[l][:nb], act, c0, c1)
         a_prev = acts[l][:nb]
         count += 1
         if not barrier(flags, t, count):
@@ -112,6 +113,7 @@ def _model_parallel_backward(
     opt_kind,
     do_flush,
     xb,
+    gathered,
     acts,
     saved,
     grads,
@@ -133,15 +135,18 @@ def _model_parallel_backward(
             layers[l, 4],
         )
         c0, c1 = _half(n_out, t)
-        dz = grads[l][:nb, c0:c1]
+        dz_rows = grads[l][:nb]
+        dz = dz_rows[:, c0:c1]
         if bp >= 0:
             lo, hi = params[bp, 0] + c0, params[bp, 0] + c1
-            _backward_epilogue(dz, saved[l][:nb, c0:c1], dz, G[lo:hi], act)
+            _backward_epilogue_columns(dz_rows, saved[l][:nb], dz_rows, G[lo:hi], act, c0, c1)
             update_parameter_span(
                 opt_kind, P, G, S1, S2, S3, H, steps, firsts, bp, lo, hi, do_flush
             )
         else:
-            _backward_epilogue(dz, saved[l][:nb, c0:c1], dz, np.empty(c1 - c0, P.dtype), act)
+            _backward_epilogue_columns(
+                dz_rows, saved[l][:nb], dz_rows, np.empty(c1 - c0, P.dtype), act, c0, c1
+            )
         a_in = xb if l == 0 else acts[l - 1][:nb]
         _weight_grad_part(flags, G, S1, H, steps, firsts, wp, params[wp, 0] + c0 * n_in, dz, a_in)
         if l == 0:
@@ -152,6 +157,7 @@ def _model_parallel_backward(
         count += 1
         if not barrier(flags, t, count):
             return -1
+        _evict_others_halves(t, layers, l, xb, gathered, acts, grads)
         if l + 1 < n_layers:
             _update_weight_part(
                 opt_kind,
@@ -175,7 +181,27 @@ def _model_parallel_backward(
             W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
             i0, i1 = _half(n_in, t)
             gemm_view(grads[l][:nb], W[:, i0:i1], grads[l - 1][:nb, i0:i1], 0.0)
+            o0, o1 = _half(n_out, 1 - t)
+            evict_block(W[o0:o1, i0:i1])  # the other thread updates these rows next
     return count
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _evict_others_halves(t, layers, l, xb, gathered, acts, grads):
+    """After the backward's barrier of layer ``l``, thread ``t`` drops its cached copies
+    of what the other thread wrote and writes again next step (:mod:`evict`): its half
+    of the layer's output (both threads are done with it: the layer above's ``dW``,
+    this layer's activation derivative), of the gathered input rows after the first
+    layer's ``dW``, and of the layer above's ``dz`` (read by that layer's ``dx``)."""
+    nb = xb.shape[0]
+    o0, o1 = _half(layers[l, 1], 1 - t)
+    evict_block(acts[l][:nb, o0:o1])
+    if l == 0 and gathered:
+        o0, o1 = _half(nb, 1 - t)
+        evict_block(xb[o0:o1])
+    if l + 1 < layers.shape[0]:
+        o0, o1 = _half(layers[l + 1, 1], 1 - t)
+        evict_block(grads[l + 1][:nb, o0:o1])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -312,6 +338,7 @@ def model_parallel_part(
         opt_kind,
         do_flush,
         xb,
+        order.shape[0] != 0,
         acts,
         saved,
         grads,
