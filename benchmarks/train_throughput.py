@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` as a package
-from benchmarks import isolated, peers  # noqa: E402
+from benchmarks import core_latency, isolated, peers  # noqa: E402
 
 DEFAULT_WIDTHS = (784, 512, 512, 10)
 BATCH_SIZES = ("1", "8", "32", "128", "512", "4096", "full")
@@ -178,9 +178,11 @@ def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eva
     # by default, OpenBLAS's for up to ~0.4 s) go to sleep before the next peer runs;
     # back to back on 2 cores they stole the cores of its BLAS threads (up to 4x slower).
     # The sgemm takes a turn of its own in each round, so each row's GFLOP/s can also be
-    # read against the BLAS rate of the minutes the row ran in.
+    # read against the BLAS rate of the minutes the row ran in; so does a round trip
+    # between the two CPUs, which tells whether the host had the VM's two vCPUs on one
+    # die (core_latency.py: two-thread steps slow by up to a third when not).
     times = {peer.key: [] for peer in row_peers}
-    row_sgemm, row_sgemm_small = [], []
+    row_sgemm, row_sgemm_small, round_trips = [], [], []
     for _ in range(args.repeats):
         for peer in row_peers:
             time.sleep(PAUSE_BETWEEN_PEERS_S)
@@ -189,6 +191,7 @@ def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eva
         row_sgemm.append(matmul_rate(args.widths, ROW_SGEMM_REPEATS)["peak"])
         small = matmul_rate(args.widths, SMALL_SGEMM_REPEATS, m=SMALL_SGEMM_ROWS)
         row_sgemm_small.append(small["peak"])
+        round_trips.append(core_latency.round_trip_ns())
     row_sgemm_median = statistics.median(row_sgemm)
     results = []
     for peer in row_peers:
@@ -207,6 +210,7 @@ def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eva
             pct_row_sgemm=100 * r["samples_per_s"] * flops / 1e9 / row_sgemm_median,
             row_sgemm_small_gflops=statistics.median(row_sgemm_small),
             row_sgemm_small_rounds=row_sgemm_small,
+            core_round_trip_ns_rounds=round_trips,
             loss_after=peer.loss(X_eval, y_eval),
             **peer.info(),
         )
@@ -291,6 +295,12 @@ def fmt_load(load) -> str:
     return "n/a" if load is None else " ".join(f"{v:.2f}" for v in load)
 
 
+def fmt_round_trips(r) -> str:
+    """The row's CPU round trips, one per round (``core_latency.round_trip_ns``)."""
+    rounds = [v for v in r.get("core_round_trip_ns_rounds", []) if v is not None]
+    return " / ".join(f"{v:.0f}" for v in rounds) if rounds else "—"
+
+
 def fmt_rate(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
@@ -348,8 +358,9 @@ def markdown(report: dict) -> str:
         "",
         "| optimizer | batch | framework | samples/s median [min–max] | GFLOP/s | "
         "% of matmul peak | row sgemm (% of it) | row sgemm, "
-        f"{SMALL_SGEMM_ROWS} rows | ÷ PyTorch | s/repeat | loss after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"{SMALL_SGEMM_ROWS} rows | CPU round trip, ns, per round | ÷ PyTorch | s/repeat "
+        "| loss after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = r["label"] + (f" [{r['engine']}]" if r.get("engine") else "")
@@ -358,7 +369,7 @@ def markdown(report: dict) -> str:
             f"| {r['optimizer']} | {batch_label(r)} | {name} | {fmt_rate(r['samples_per_s'])} "
             f"[{fmt_rate(r['min'])}–{fmt_rate(r['max'])}] | {r['gflops']:.1f} | "
             f"{r['pct_peak']:.1f}% | {r['row_sgemm_gflops']:.0f} ({r['pct_row_sgemm']:.1f}%) | "
-            f"{r['row_sgemm_small_gflops']:.0f} | {ratio} | "
+            f"{r['row_sgemm_small_gflops']:.0f} | {fmt_round_trips(r)} | {ratio} | "
             f"{statistics.median(r['seconds']):.2f} | {r['loss_after']:.4f} |"
         )
     denormal = [r for r in rows if r["framework"] == "gpunet-noflush"]
