@@ -7,6 +7,8 @@ thread does the first, each into its own ``dW`` buffer and float64 bias sums; th
 thread sweeps half of every weight matrix from the two ``dW``s added
 (:func:`update_weights_part`). Each half's products run on one BLAS thread, and each
 thread packs all of every weight matrix, which only pays from a few hundred rows.
+Before the sweeps each thread evicts the half of the weights the other one updates, and
+after its sweep the other's ``dW`` half it read (:mod:`evict`).
 """
 
 from __future__ import annotations

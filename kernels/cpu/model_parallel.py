@@ -14,7 +14,10 @@ columns (thread 0 the first ``n_out // 2``), in the epoch's workspace:
   rows this thread now updates); its columns of ``dx = dz @ W``. The first layer's
   rows are updated right after its ``dW``.
 
-Each thread reads and writes only its own rows of every weight and of the optimizer
+After its last read of what the other thread wrote (its half of an activation, of
+``dz``, of the gathered rows; its rows of a weight for ``dx``), a thread evicts those
+cache lines (:mod:`evict`), so the other thread's stores next step do not wait on this
+core. Each thread reads and writes only its own rows of every weight and of the optimizer
 state; every product runs on one BLAS thread on half of the weight, which OpenBLAS
 would split the same way, but without its synchronisation inside every product. Each
 element of a product and each column sum is computed as on one thread, in the same
