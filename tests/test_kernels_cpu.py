@@ -205,7 +205,7 @@ def test_epilogues_on_a_column_block(cols, act, dtype):
 def test_evict_block_keeps_the_data():
     """Flushing cache lines never changes memory: row and column blocks, a transposed
     view, single elements, empty blocks."""
-    from gpunet.kernels.cpu.evict import evict_block
+    from gpunet.kernels.cpu.evict import evict_block, evict_span
 
     rng = np.random.default_rng(5)
     for dtype in (np.float32, np.float64):
@@ -213,6 +213,8 @@ def test_evict_block_keeps_the_data():
         before = a.copy()
         for view in (a, a[3:9], a[:, 64:], a[:, 1:2], a.T[5:40, 2:7], a[:0], a[:, :0], a[4:5, 7:8]):
             evict_block(view)
+        for span in (a.ravel(), a.ravel()[3:70], a.ravel()[:0]):
+            evict_span(span)
         np.testing.assert_array_equal(a, before)
 
 

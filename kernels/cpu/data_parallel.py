@@ -24,7 +24,7 @@ from gpunet.kernels.cpu.blas import (
 from gpunet.kernels.cpu.dense import (
     _backward_epilogue_sums,
 )
-from gpunet.kernels.cpu.evict import evict_block
+from gpunet.kernels.cpu.evict import evict_span
 from gpunet.kernels.cpu.fused_step import (
     carve_layers,
     forward_and_loss,
@@ -121,6 +121,14 @@ def forward_backward(
     return total, correct
 
 
+@njit(inline="always", error_model="numpy")
+def _weight_half(params, wp, second):
+    """The flat-buffer span ``(lo, hi)`` of the first or ``second`` half of weight
+    ``wp``'s elements: the part one thread sweeps."""
+    off, size = params[wp, 0], params[wp, 1]
+    return (off + size // 2, off + size) if second else (off, off + size // 2)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def update_weights_part(
     kind, P, G, G_b, S1, S2, S3, H, steps, firsts, layers, params, do_flush, second
@@ -133,12 +141,11 @@ def update_weights_part(
     own, other = (G_b, G) if second else (G, G_b)
     for l in range(layers.shape[0]):
         wp = layers[l, 2]
-        off, size = params[wp, 0], params[wp, 1]
-        lo, hi = (off + size // 2, off + size) if second else (off, off + size // 2)
+        lo, hi = _weight_half(params, wp, second)
         for k in range(lo, hi):
             own[k] = G[k] + G_b[k]
         update_parameter_span(kind, P, own, S1, S2, S3, H, steps, firsts, wp, lo, hi, do_flush)
-        evict_block(other[lo:hi].reshape((1, hi - lo)))  # the other thread's next dW
+        evict_span(other[lo:hi])  # the other thread writes its next dW there
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -146,10 +153,8 @@ def evict_weights_half(P, layers, params, second):
     """Drop this thread's cached copies of the first or ``second`` half of every weight
     matrix (the half the other thread updates next: :mod:`evict`)."""
     for l in range(layers.shape[0]):
-        wp = layers[l, 2]
-        off, size = params[wp, 0], params[wp, 1]
-        lo, hi = (off + size // 2, off + size) if second else (off, off + size // 2)
-        evict_block(P[lo:hi].reshape((1, hi - lo)))
+        lo, hi = _weight_half(params, layers[l, 2], second)
+        evict_span(P[lo:hi])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -9,10 +9,11 @@ the host places them on different dies (ping-pong latency 50-100 ns -> 320-650 n
 minutes at a time): writing back 256 KB the other core had read took 30 us -> 117 us
 (``clflushopt`` by the reader after its last read: 9 us, the reader's read 4 -> 14 us).
 
-:func:`evict_block` flushes a block's cache lines (``clflushopt``; ``clflush`` where the
-CPU or Numba's target lacks it; nothing off x86). A flush never changes data: it writes
-modified lines back and drops every cached copy, so the writer's next stores go to
-memory instead of waiting for the reader's core.
+:func:`evict_block` (a 2-D block) and :func:`evict_span` (a 1-D span) flush their
+cache lines (``clflushopt``; ``clflush`` where the CPU or Numba's target lacks it;
+nothing off x86). A flush never changes data: it writes modified lines back and drops
+every cached copy, so the writer's next stores go to memory instead of waiting for the
+reader's core.
 """
 
 from __future__ import annotations
@@ -83,3 +84,9 @@ def evict_block(a):
         return
     for i in range(a.shape[0]):
         _evict_bytes(start + i * a.strides[0], row_bytes)
+
+
+@njit(cache=True, nogil=True)
+def evict_span(a):
+    """Flush every cache line of the contiguous 1-D array ``a``."""
+    _evict_bytes(a.ctypes.data, a.size * a.itemsize)
