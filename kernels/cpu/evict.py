@@ -1,19 +1,20 @@
 """Evicting from every cache the data one thread handed to the other (CPU).
 
-In a two-thread step each thread reads blocks the other wrote (the other half of an
-activation, of a weight matrix...) and the writer overwrites them in the next step. The
-reader's read leaves a shared copy in its core's cache, so each of the writer's later
-stores must first invalidate that copy: a round trip between the cores per cache line.
-On the 2-core EPYC VM this is cheap while both vCPUs share an L3, and costs 4x more once
-the host places them on different dies (ping-pong latency 50-100 ns -> 320-650 ns, for
-minutes at a time): writing back 256 KB the other core had read took 30 us -> 117 us
-(``clflushopt`` by the reader after its last read: 9 us, the reader's read 4 -> 14 us).
+In a data-parallel step each thread reads what the other wrote (the other's ``dW`` half,
+the half of the weights the other updated) and the writer overwrites it in the next
+step. The reader's read leaves a shared copy in its core's cache, so each of the
+writer's later stores must first invalidate that copy: a round trip between the cores
+per cache line. On the 2-core EPYC VM this is cheap while both vCPUs share an L3, and
+costs 4x more once the host places them on different dies (ping-pong latency 50-100 ns
+-> 320-650 ns, for minutes at a time): writing back 256 KB the other core had read took
+30 us -> 117 us (``clflushopt`` by the reader after its last read: 9 us, the reader's
+read 4 -> 14 us).
 
-:func:`evict_block` (a 2-D block) and :func:`evict_span` (a 1-D span) flush their
-cache lines (``clflushopt``; ``clflush`` where the CPU or Numba's target lacks it;
-nothing off x86). A flush never changes data: it writes modified lines back and drops
-every cached copy, so the writer's next stores go to memory instead of waiting for the
-reader's core.
+:func:`evict_span` flushes the cache lines of a 1-D span (``clflushopt``; ``clflush``
+where the CPU or Numba's target lacks it; nothing off x86). A flush never changes data:
+it writes modified lines back and drops every cached copy, so the writer's next stores
+go to memory instead of waiting for the reader's core. (Model-parallel steps hand over
+less per step and gained nothing from it: see ``kernels/cpu/model_parallel.py``.)
 """
 
 from __future__ import annotations
@@ -69,21 +70,6 @@ def _evict_bytes(address, n_bytes):
     while line < address + n_bytes:
         flush_line(line)
         line += CACHE_LINE_BYTES
-
-
-@njit(cache=True, nogil=True)
-def evict_block(a):
-    """Flush every cache line of ``a`` (2-D, any strides: e.g. a block of rows or of
-    columns of a C-ordered array), row by row from each row's first to last element."""
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        return
-    start = a.ctypes.data
-    row_bytes = (a.shape[1] - 1) * a.strides[1] + a.itemsize
-    if a.strides[0] == row_bytes and a.strides[1] == a.itemsize:  # one span
-        _evict_bytes(start, a.shape[0] * row_bytes)
-        return
-    for i in range(a.shape[0]):
-        _evict_bytes(start + i * a.strides[0], row_bytes)
 
 
 @njit(cache=True, nogil=True)

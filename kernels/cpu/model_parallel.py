@@ -14,11 +14,9 @@ columns (thread 0 the first ``n_out // 2``), in the epoch's workspace:
   rows this thread now updates); its columns of ``dx = dz @ W``. The first layer's
   rows are updated right after its ``dW``.
 
-After its last read of what the other thread wrote (its half of an activation, of
-``dz``, of the gathered rows; its rows of a weight for ``dx``), a thread evicts those
-cache lines (:mod:`evict`), so the other thread's stores next step do not wait on this
-core. Each thread reads and writes only its own rows of every weight and of the optimizer
-state; every product runs on one BLAS thread on half of the weight, which OpenBLAS
+Each thread writes only its own rows of every weight and of the optimizer state (it
+reads the other's rows of a weight for ``dx``, before the other updates them); every
+product runs on one BLAS thread on half of the weight, which OpenBLAS
 would split the same way, but without its synchronisation inside every product. Each
 element of a product and each column sum is computed as on one thread, in the same
 order; BLAS may still run a half-width product with another kernel than the whole
@@ -32,7 +30,6 @@ from numba import njit
 
 from gpunet.kernels.cpu.blas import gemm_view
 from gpunet.kernels.cpu.dense import _backward_epilogue_columns, _forward_epilogue_columns
-from gpunet.kernels.cpu.evict import evict_block
 from gpunet.kernels.cpu.fused_step import (
     carve_layers,
     folded_sweep,
@@ -116,7 +113,6 @@ def _model_parallel_backward(
     opt_kind,
     do_flush,
     xb,
-    gathered,
     acts,
     saved,
     grads,
@@ -160,7 +156,6 @@ def _model_parallel_backward(
         count += 1
         if not barrier(flags, t, count):
             return -1
-        _evict_others_halves(t, layers, l, xb, gathered, acts, grads)
         if l + 1 < n_layers:
             _update_weight_part(
                 opt_kind,
@@ -184,27 +179,7 @@ def _model_parallel_backward(
             W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
             i0, i1 = _half(n_in, t)
             gemm_view(grads[l][:nb], W[:, i0:i1], grads[l - 1][:nb, i0:i1], 0.0)
-            o0, o1 = _half(n_out, 1 - t)
-            evict_block(W[o0:o1, i0:i1])  # the other thread updates these rows next
     return count
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _evict_others_halves(t, layers, l, xb, gathered, acts, grads):
-    """After the backward's barrier of layer ``l``, thread ``t`` drops its cached copies
-    of what the other thread wrote and writes again next step (:mod:`evict`): its half
-    of the layer's output (both threads are done with it: the layer above's ``dW``,
-    this layer's activation derivative), of the gathered input rows after the first
-    layer's ``dW``, and of the layer above's ``dz`` (read by that layer's ``dx``)."""
-    nb = xb.shape[0]
-    o0, o1 = _half(layers[l, 1], 1 - t)
-    evict_block(acts[l][:nb, o0:o1])
-    if l == 0 and gathered:
-        o0, o1 = _half(nb, 1 - t)
-        evict_block(xb[o0:o1])
-    if l + 1 < layers.shape[0]:
-        o0, o1 = _half(layers[l + 1, 1], 1 - t)
-        evict_block(grads[l + 1][:nb, o0:o1])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -341,7 +316,6 @@ def model_parallel_part(
         opt_kind,
         do_flush,
         xb,
-        order.shape[0] != 0,
         acts,
         saved,
         grads,
