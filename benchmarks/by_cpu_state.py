@@ -33,8 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import core_latency, isolated, peers  # noqa: E402
 from benchmarks.train_throughput import (  # noqa: E402
-    DEFAULT_WIDTHS,
     PAUSE_BETWEEN_PEERS_S,
+    add_workload_arguments,
     choose_slice,
     machine_info,
     make_data,
@@ -131,22 +131,11 @@ def parse_args(argv=None):
     )
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 512])
     p.add_argument(
-        "--optimizers", nargs="+", default=list(peers.OPTIMIZERS), choices=list(peers.OPTIMIZERS)
-    )
-    p.add_argument(
         "--frameworks", nargs="+", default=["gpunet", "torch"], choices=list(peers.PEERS)
     )
     p.add_argument("--reference", default="torch", choices=list(peers.PEERS))
     p.add_argument("--rounds", type=int, default=24)
-    p.add_argument(
-        "--target-seconds",
-        type=float,
-        default=0.5,
-        help="about how long one timed turn of the slowest framework takes",
-    )
-    p.add_argument("--samples", type=int, default=60000)
-    p.add_argument("--widths", nargs="+", type=int, default=list(DEFAULT_WIDTHS))
-    p.add_argument("--torch-threads", type=int, default=2)
+    add_workload_arguments(p, target_seconds=0.5)
     p.add_argument(
         "--out",
         default=f"benchmarks/results/cpu-state-{host}-{today}",

@@ -424,6 +424,23 @@ def markdown(report: dict) -> str:
 
 
 # ------------------------------------------------------------------------------- CLI
+def add_workload_arguments(p, target_seconds: float) -> None:
+    """The options the CPU throughput scripts share: optimizers, the timed slice's
+    length, the data's size, the network, PyTorch's threads."""
+    p.add_argument(
+        "--optimizers", nargs="+", default=list(peers.OPTIMIZERS), choices=list(peers.OPTIMIZERS)
+    )
+    p.add_argument(
+        "--target-seconds",
+        type=float,
+        default=target_seconds,
+        help="about how long one timed repeat of the slowest framework takes",
+    )
+    p.add_argument("--samples", type=int, default=60000)
+    p.add_argument("--widths", nargs="+", type=int, default=list(DEFAULT_WIDTHS))
+    p.add_argument("--torch-threads", type=int, default=2)
+
+
 def parse_args(argv=None):
     host = socket.gethostname().split(".")[0]
     today = datetime.date.today().isoformat()
@@ -435,9 +452,6 @@ def parse_args(argv=None):
         nargs="+",
         default=list(BATCH_SIZES),
         help="positive ints or 'full' (the whole epoch in one batch)",
-    )
-    p.add_argument(
-        "--optimizers", nargs="+", default=list(peers.OPTIMIZERS), choices=list(peers.OPTIMIZERS)
     )
     p.add_argument(
         "--frameworks",
@@ -454,16 +468,8 @@ def parse_args(argv=None):
         help="SGD batch sizes where gpunet also runs with flush_denormals=False",
     )
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument(
-        "--target-seconds",
-        type=float,
-        default=2.0,
-        help="about how long one timed repeat of the slowest framework takes",
-    )
-    p.add_argument("--samples", type=int, default=60000)
-    p.add_argument("--widths", nargs="+", type=int, default=list(DEFAULT_WIDTHS))
+    add_workload_arguments(p, target_seconds=2.0)
     p.add_argument("--data", choices=("mnist-like", "uniform"), default="mnist-like")
-    p.add_argument("--torch-threads", type=int, default=2)
     p.add_argument(
         "--same-process",
         action="store_true",
