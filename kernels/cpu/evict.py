@@ -64,15 +64,12 @@ def flush_line(typingctx, address):
     return types.void(address), codegen
 
 
-@njit(inline="always")
-def _evict_bytes(address, n_bytes):
-    line = address - address % CACHE_LINE_BYTES
-    while line < address + n_bytes:
-        flush_line(line)
-        line += CACHE_LINE_BYTES
-
-
 @njit(cache=True, nogil=True)
 def evict_span(a):
     """Flush every cache line of the contiguous 1-D array ``a``."""
-    _evict_bytes(a.ctypes.data, a.size * a.itemsize)
+    start = a.ctypes.data
+    end = start + a.size * a.itemsize
+    line = start - start % CACHE_LINE_BYTES
+    while line < end:
+        flush_line(line)
+        line += CACHE_LINE_BYTES
