@@ -347,9 +347,9 @@ def test_two_thread_epoch(benchmark, n, threads, monkeypatch):
     ``OMP_NUM_THREADS=1``."""
     from gpunet import nn, optim  # noqa: PLC0415
     from gpunet.train import Trainer  # noqa: PLC0415
-    from gpunet.train.fused import FusedDenseEngine  # noqa: PLC0415
+    from gpunet.train.engines import FusedCpuEngine  # noqa: PLC0415
 
-    monkeypatch.setattr(FusedDenseEngine, "two_threads", threads == "two")
+    monkeypatch.setattr(FusedCpuEngine, "two_threads", threads == "two")
     batches = max(8, 4096 // n)
     benchmark.group = f"fused epoch, {batches} batches of {n}"
     rng = np.random.default_rng(0)

@@ -266,14 +266,29 @@ def cmd_info(args) -> int:
     if reason is None:
         import cupy  # noqa: PLC0415
 
-        for i in range(cupy.cuda.runtime.getDeviceCount()):
-            props = cupy.cuda.runtime.getDeviceProperties(i)
+        runtime = cupy.cuda.runtime
+        print(
+            f"cuda driver {_cuda_version(runtime.driverGetVersion())}, "
+            f"runtime {_cuda_version(runtime.runtimeGetVersion())}"
+        )
+        for i in range(runtime.getDeviceCount()):
+            props = runtime.getDeviceProperties(i)
             name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-            print(f"  cuda:{i}: {name}, {props['totalGlobalMem'] / 2**30:.1f} GiB")
+            print(
+                f"  cuda:{i}: {name}, compute capability {props['major']}.{props['minor']}, "
+                f"{props['totalGlobalMem'] / 2**30:.1f} GiB"
+            )
         print("backends: cupy (cuda) available")
     else:
         print(f"cuda unavailable: {reason}")
+    from gpunet.kernels.cuda.runtime import nvrtc_status  # noqa: PLC0415
+
+    print(f"nvrtc: {nvrtc_status()}")
     return 0
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{(v % 1000) // 10}"
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,7 @@ import pytest
 import gpunet
 from gpunet import nn, optim
 from gpunet.train import EarlyStopping, Trainer
-from gpunet.train.fused import dense_layers, fused_unsupported_reason
+from gpunet.train.engines import dense_layers, fused_unsupported_reason
 
 N_SAMPLES, N_FEATURES, N_CLASSES = 22, 5, 3
 TOLERANCE = {np.float64: 1e-10, np.float32: 1e-5}

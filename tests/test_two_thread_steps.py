@@ -17,7 +17,7 @@ import gpunet
 from gpunet import nn
 from gpunet.kernels.cpu import blas, fused_mlp, threads
 from gpunet.train import Trainer
-from gpunet.train.fused import FusedDenseEngine
+from gpunet.train.engines import FusedCpuEngine
 from tests.test_fused_engine import (
     LOSSES,
     OPTIMIZERS,
@@ -113,7 +113,7 @@ def test_two_threads_match_one_thread_and_autograd(
     assert hand_overs == []
     w, state, hist = fit("fused", opt_name, loss_name, dtype, n_samples, batch_size)
     assert hand_overs == [tasks] * 2
-    monkeypatch.setattr(FusedDenseEngine, "two_threads", False)
+    monkeypatch.setattr(FusedCpuEngine, "two_threads", False)
     w1, state1, hist1 = fit("fused", opt_name, loss_name, dtype, n_samples, batch_size)
     assert len(hand_overs) == 2
     # the same kernels on one thread: the same bits (data-parallel) or to tolerance; the
@@ -216,7 +216,7 @@ def test_gelu_network_with_biasless_layers_on_two_threads(
     y = rng.integers(0, 3, 800)
     results = []
     for engine, two_threads in (("autograd", False), ("fused", True), ("fused", False)):
-        monkeypatch.setattr(FusedDenseEngine, "two_threads", two_threads)
+        monkeypatch.setattr(FusedCpuEngine, "two_threads", two_threads)
         gpunet.manual_seed(3)
         model = nn.Sequential(
             nn.Dense(6, 16, "gelu"), nn.Linear(16, 8, bias=False), nn.GELU(), nn.Dense(8, 3)
@@ -264,9 +264,9 @@ def test_a_failing_worker_stops_the_epoch_instead_of_hanging(batch_size, monkeyp
 
 @pytest.mark.parametrize("batch_size", [400, 64], ids=["data-parallel", "model-parallel"])
 def test_one_cpu_keeps_every_step_on_the_calling_thread(batch_size, monkeypatch, hand_overs):
-    import gpunet.train.fused as fused
+    from gpunet.train.engines import fused_cpu
 
-    monkeypatch.setattr(fused, "usable_cpus", lambda: 1)
+    monkeypatch.setattr(fused_cpu, "usable_cpus", lambda: 1)
     fit("fused", "sgd_momentum", "ce_mean", np.float32, 800, batch_size, epochs=1)
     assert hand_overs == []
 

@@ -30,6 +30,7 @@ __all__ = [
     "LRSchedulerCallback",
     "ModelCheckpoint",
     "atomic_write",
+    "wants_batch_hooks",
 ]
 
 
@@ -412,6 +413,18 @@ class LRSchedulerCallback(Callback):
     def on_batch_end(self, iteration, logs=None) -> None:
         if self.interval == "batch":
             self._step(logs)
+
+
+def wants_batch_hooks(callbacks) -> bool:
+    """True if any callback acts after each optimizer step (then every step must
+    return to Python, which rules out running many steps in one compiled call)."""
+    for cb in callbacks:
+        if isinstance(cb, LRSchedulerCallback):
+            if cb.interval == "batch":
+                return True
+        elif type(cb).on_batch_end is not Callback.on_batch_end:
+            return True
+    return False
 
 
 class ModelCheckpoint(Callback):

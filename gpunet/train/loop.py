@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -18,8 +19,8 @@ from gpunet.autograd import Tensor, no_grad
 from gpunet.losses import get_loss
 from gpunet.random import default_generator
 from gpunet.train import validation as check
-from gpunet.train.callbacks import Callback, CallbackList, LRSchedulerCallback
-from gpunet.train.engines import AutogradEngine
+from gpunet.train.callbacks import CallbackList, LRSchedulerCallback, wants_batch_hooks
+from gpunet.train.engines import select_engine
 from gpunet.train.history import History
 from gpunet.train.metrics import correct_count, resolve_metrics, uses_class_indices
 
@@ -48,23 +49,13 @@ def batch_size_for_mode(mode: str | None, batch_size, n_samples: int) -> int:
     return check.check_batch_size(batch_size, n_samples)
 
 
-def wants_batch_hooks(callbacks) -> bool:
-    """True if any callback acts after each optimizer step (then every step must
-    return to Python, which rules out running many steps in one compiled call)."""
-    for cb in callbacks:
-        if isinstance(cb, LRSchedulerCallback):
-            if cb.interval == "batch":
-                return True
-        elif type(cb).on_batch_end is not Callback.on_batch_end:
-            return True
-    return False
-
-
 class Trainer:
     """Trains ``model`` with ``loss`` and ``optimizer``.
 
     ``engine``: "auto" (the fused engine when the model qualifies, else autograd),
-    "autograd", or "fused" (error if the model does not qualify).
+    "autograd", "fused" (error if the model does not qualify), or a callable
+    ``factory(model, loss, optimizer, track_accuracy)`` returning a
+    ``gpunet.train.engines.Engine``.
     ``flush_denormals``: on CPU, treat subnormal floats as zero during training (they
     slow small-batch training several-fold); results differ only below 1e-38.
     """
@@ -78,15 +69,17 @@ class Trainer:
         metrics=None,
         callbacks=None,
         scheduler=None,
-        engine: str = "auto",
+        engine: str | Callable = "auto",
         flush_denormals: bool = True,
         progress: bool = True,
         verbose: int = 1,
     ):
         if isinstance(loss, str):
             loss = get_loss(loss)
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+        if not (callable(engine) or (isinstance(engine, str) and engine in ENGINES)):
+            raise ValueError(
+                f"unknown engine {engine!r}; expected one of {ENGINES} or a factory callable"
+            )
         if next(model.parameters(), None) is None:
             raise ValueError("the model has no parameters to train")
         self.model, self.loss, self.optimizer = model, loss, optimizer
@@ -131,26 +124,18 @@ class Trainer:
                 )
         return backend.asarray(X), backend.asarray(Y)
 
-    def _select_engine(self, batch_size: int):
-        from gpunet.train.fused import FusedDenseEngine, fused_unsupported_reason  # noqa: PLC0415
-
-        track = bool(self.metrics)
-        if self.engine_choice != "autograd":
-            reason = fused_unsupported_reason(
-                self.model, self.loss, self.optimizer, self.backend, self.callbacks
-            )
-            if reason is None:
-                return FusedDenseEngine(
-                    self.model,
-                    self.loss,
-                    self.optimizer,
-                    track,
-                    self.flush_denormals,
-                    workspace_cache=self._workspaces,
-                )
-            if self.engine_choice == "fused":
-                raise ValueError(f"engine='fused' cannot train this model: {reason}")
-        return AutogradEngine(self.model, self.loss, self.optimizer, track)
+    def _select_engine(self):
+        return select_engine(
+            self.engine_choice,
+            self.model,
+            self.loss,
+            self.optimizer,
+            self.backend,
+            self.callbacks,
+            track_accuracy=bool(self.metrics),
+            flush_denormals=self.flush_denormals,
+            workspace_cache=self._workspaces,
+        )
 
     # ------------------------------------------------------------------- fit
     def fit(
@@ -193,7 +178,8 @@ class Trainer:
         batch_size = batch_size_for_mode(mode, batch_size if batch_size is not None else n, n)
         iterations = math.ceil(n / batch_size)
         rng = default_generator() if seed is None else np.random.default_rng(seed)
-        engine = self._select_engine(batch_size)
+        engine = self._select_engine()
+        engine.prepare(X, Y, batch_size)  # once per fit: the data in the engine's layout
         self.engine_name = engine.name
         history = History()
         history.iterations_per_epoch = iterations
@@ -227,9 +213,10 @@ class Trainer:
                 ) as bar:
                     on_batch = self._batch_hook(bar, batch_size, n)
                     with self.backend.epoch_context(batch_size):
-                        loss_sum, correct = engine.train_epoch(
-                            X, Y, batch_size, on_batch, order=order
-                        )
+                        loss_sum, correct = engine.run_epoch(order, on_batch)
+                        # model and optimizer as autograd leaves them, before validation,
+                        # History and callbacks read them
+                        engine.write_back()
                     bar.update(n - bar.n)
                 logs = {"loss": loss_sum / n}
                 if correct is not None:
@@ -327,7 +314,7 @@ def fit(
     metrics=None,
     callbacks=None,
     scheduler=None,
-    engine: str = "auto",
+    engine: str | Callable = "auto",
     flush_denormals: bool = True,
     progress: bool = True,
     verbose: int = 1,

@@ -1,34 +1,35 @@
-"""Training engines: how one epoch of steps is executed.
-
-``AutogradEngine`` runs any model through the autograd graph, one Python step per
-batch. A fused engine (``gpunet.train.fused``) may run many steps in compiled code for
-qualifying dense networks; both expose ``train_epoch`` with the same contract.
-"""
+"""The autograd engine: any model, one Python step per batch through the graph."""
 
 from __future__ import annotations
 
 from gpunet.autograd import Tensor
+from gpunet.train.engines.base import Engine
 from gpunet.train.metrics import correct_count
 
 
-class AutogradEngine:
-    """Forward, loss, backward and optimizer step per batch through autograd."""
+class AutogradEngine(Engine):
+    """Forward, loss, backward and optimizer step per batch through autograd. Trains the
+    model's own arrays, so ``write_back`` has nothing to do."""
 
     name = "autograd"
 
     def __init__(self, model, loss, optimizer, track_accuracy: bool):
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.track_accuracy = track_accuracy
+        self.X = self.y = None
+        self.batch_size = None
 
-    def train_epoch(self, X, y, batch_size: int, on_batch_end=None, order=None):
-        """One pass over ``X`` (N, ...) / ``y`` (N, ...): batch ``k`` is the rows
-        ``order[k*batch_size : (k+1)*batch_size]`` (``order`` (N,) int, a permutation;
-        None: the rows in order), gathered batch by batch, so a shuffled epoch never
-        copies the whole data set.
+    def prepare(self, X, y, batch_size: int) -> None:
+        """Keeps references to ``X`` (N, ...) and ``y`` (N, ...): each batch's rows are
+        gathered as the epoch goes, so a shuffled epoch never copies the data set."""
+        self.X, self.y, self.batch_size = X, y, batch_size
 
-        Returns ``(loss_sum, correct)``: the sample-weighted loss sum and the number of
-        correct predictions (None when accuracy is not tracked), as Python numbers.
-        """
+    def run_epoch(self, order=None, on_batch_end=None) -> tuple[float, int | None]:
+        """See :meth:`Engine.run_epoch`; ``on_batch_end(iteration, {"loss": float})`` is
+        called after every optimizer step."""
+        X, y, batch_size = self.X, self.y, self.batch_size
+        if X is None:
+            raise RuntimeError("prepare() must be called before run_epoch()")
         backend = self.model_backend()
         xp = backend.xp
         n = X.shape[0]
@@ -53,6 +54,9 @@ class AutogradEngine:
             if on_batch_end is not None:
                 on_batch_end(iteration, {"loss": float(loss.data)})
         return float(loss_sum), (None if correct is None else int(correct))
+
+    def write_back(self) -> None:
+        """Nothing to do: the steps updated the model and the optimizer in place."""
 
     def model_backend(self):
         return next(self.model.parameters()).backend

@@ -1,0 +1,187 @@
+"""The CPU fused engine: whole epochs of a dense ``Sequential`` in one compiled call.
+
+Trains the models :func:`gpunet.train.engines.qualify.fused_model_reason` accepts, on the
+NumPy backend, with its fused epoch kernel (``Backend.fused_epoch_kernel``:
+``gpunet.kernels.cpu.fused_mlp``). Parameters and optimizer state live in the flat
+buffers of a :class:`~gpunet.train.engines.qualify.FlatState` during an epoch and are
+copied back by ``write_back``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+from gpunet.losses import CrossEntropyLoss
+from gpunet.train.engines.base import Engine
+from gpunet.train.engines.qualify import FlatState, dense_layers
+
+
+class FusedCpuEngine(Engine):
+    """Runs epochs with ``backend.fused_epoch_kernel()``; see the module docstring."""
+
+    name = "fused"
+    #: run steps of ``blas.MODEL_PARALLEL_MIN_ROWS`` rows or more on two threads where the
+    #: process may use two CPUs: model-parallel below ``blas.DATA_PARALLEL_MIN_ROWS``,
+    #: data-parallel from there (False: every step on the calling thread, same results)
+    two_threads = True
+
+    def __init__(
+        self,
+        model,
+        loss,
+        optimizer,
+        track_accuracy: bool,
+        flush_denormals: bool = True,
+        workspace_cache: dict | None = None,
+    ):
+        from gpunet.kernels.cpu.update_rules import OPTIMIZER_CODES  # noqa: PLC0415
+
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.track_accuracy = track_accuracy
+        self.flush_denormals = flush_denormals
+        self.layers = dense_layers(model)
+        self.backend = next(model.parameters()).backend
+        self.kernels = self.backend.fused_epoch_kernel()
+        # batch size -> scratch buffer, reused across epochs (and fits, when the caller
+        # passes its own dict): fresh memory costs page faults on every epoch
+        self._work = {} if workspace_cache is None else workspace_cache
+        self.opt_name = optimizer._update_name
+        self.opt_code = OPTIMIZER_CODES[self.opt_name]
+        self.loss_code = self.kernels.LOSS_CODES[
+            "cross_entropy" if isinstance(loss, CrossEntropyLoss) else "mse"
+        ]
+        self.state = FlatState(model, optimizer, self.layers, np)
+        self.params = self.state.params
+        self.G_b = None  # the worker's dW in data-parallel steps, allocated on first use
+        # set by prepare: contiguous X (N, features), labels (N,) int64 for cross-entropy
+        # (else empty), targets (N, outputs) for MSE (else (0, 1)), the batch size
+        self.X = self.labels = self.targets = None
+        self.batch_size = None
+        self._steps = None  # the last epoch's step counts until write_back
+
+    # ----------------------------------------------------------------- data
+    def prepare(self, X, y, batch_size: int) -> None:
+        """Contiguous ``X`` (N, features) and the kernel's label or target array, once
+        per fit (no copy when the arrays are already in that layout)."""
+        X = np.ascontiguousarray(X)
+        if self.loss_code == 0:
+            labels = np.ascontiguousarray(y, dtype=np.int64)
+            targets = np.zeros((0, 1), X.dtype)
+        else:
+            labels = np.zeros(0, np.int64)
+            targets = np.ascontiguousarray(y.reshape(len(y), -1), dtype=X.dtype)
+        self.X, self.labels, self.targets, self.batch_size = X, labels, targets, batch_size
+
+    def _workspace(self, rows: int, dtype, gather: bool, worker: bool = False):
+        """The kernel's scratch for steps of ``rows`` rows (this thread's, or the
+        ``worker`` thread's in data-parallel steps), kept across epochs while the batch size stays:
+        fresh memory costs page faults."""
+        key = (rows, np.dtype(dtype), gather, worker)
+        work = self._work.get(key)
+        if work is None:
+            for stale in [old for old in self._work if old[3] == worker]:
+                del self._work[stale]
+            size = self.kernels.workspace_size(self.state.layer_table, rows, gather)
+            work = self._work[key] = np.empty(size, dtype)
+        return work
+
+    # ---------------------------------------------------------------- epoch
+    def run_epoch(self, order=None, on_batch_end=None) -> tuple[float, int | None]:
+        """See :meth:`Engine.run_epoch`. Loads the model's parameters and the optimizer's
+        state and hyperparameters into the flat buffers, then runs every step in one
+        kernel call (``on_batch_end`` is not called: the selector picks this engine only
+        when no callback needs every step)."""
+        X, labels, targets, batch_size = self.X, self.labels, self.targets, self.batch_size
+        if X is None:
+            raise RuntimeError("prepare() must be called before run_epoch()")
+        st = self.state
+        H, steps, firsts = st.load()
+        gather = order is not None
+        order = np.ascontiguousarray(order, dtype=np.int64) if gather else np.zeros(0, np.int64)
+        k = self.kernels
+        # the worker's scratch has rows only if some step of the epoch splits
+        rows, worker_rows, two_threads = k.scratch_rows(
+            len(X), batch_size, self.two_threads and usable_cpus() >= 2
+        )
+        work = self._workspace(rows, X.dtype, gather)
+        smoothing = float(getattr(self.loss, "label_smoothing", 0.0))
+        mean = self.loss.reduction == "mean"
+        do_flush = self.flush_denormals and not k.hardware_flush_active()
+        if two_threads:
+            if self.G_b is None:
+                self.G_b = np.zeros_like(st.G)
+            worker = k.step_worker_thread(
+                X,
+                labels,
+                targets,
+                order,
+                st.layer_table,
+                st.param_table,
+                st.P,
+                st.G,
+                self.G_b,
+                *st.S,
+                H,
+                steps,
+                firsts,
+                self._workspace(worker_rows, X.dtype, gather, worker=True),
+                work,
+                self.opt_code,
+                self.loss_code,
+                smoothing,
+                mean,
+                do_flush,
+            )
+            G_b = self.G_b
+        else:
+            worker = contextlib.nullcontext((np.zeros(0, np.int64), np.zeros(0)))
+            G_b = st.G[:0]
+        with worker as (flags, shared):
+            loss_sum, correct = k.train_epoch(
+                X,
+                labels,
+                targets,
+                order,
+                batch_size,
+                st.layer_table,
+                st.param_table,
+                st.P,
+                st.G,
+                *st.S,
+                H,
+                steps,
+                firsts,
+                work,
+                self.opt_code,
+                self.loss_code,
+                smoothing,
+                mean,
+                do_flush,
+                flags,
+                shared,
+                G_b,
+            )
+        self._steps = steps
+        return float(loss_sum), (int(correct) if self.track_accuracy else None)
+
+    def write_back(self) -> None:
+        """Flat buffers -> the model's parameters and the optimizer's state (after each
+        ``run_epoch``); parameter gradients are left None (``G`` is the kernel's scratch,
+        not the last batch's gradient)."""
+        if self._steps is None:
+            return
+        self.state.store(self._steps)
+        self._steps = None
+        for p in self.params:
+            p.grad = None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
