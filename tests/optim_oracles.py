@@ -18,6 +18,7 @@ and returns the list of parameter arrays after ``steps`` updates.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -212,3 +213,63 @@ def cosine_annealing_lr(base_lr, epoch, T_max, eta_min=0.0):
 def linear_lr(base_lr, epoch, start_factor=1 / 3, end_factor=1.0, total_iters=5):
     frac = min(epoch, total_iters) / total_iters
     return base_lr * (start_factor + (end_factor - start_factor) * frac)
+
+
+# ------------------------------------------------------ functional option grid
+def _grid(**axes):
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+
+
+#: (name, functional keyword arguments) covering every option of every update (shared by the
+#: reference, CPU and CUDA kernel tests); adagrad's also carry initial_accumulator_value
+FUNCTIONAL_CASES = (
+    [
+        ("sgd", dict(lr=0.1, **c))
+        for c in _grid(
+            momentum=(0.0, 0.9),
+            dampening=(0.0, 0.3),
+            nesterov=(False, True),
+            weight_decay=(0.0, 0.05),
+            maximize=(False, True),
+        )
+        if c["momentum"] or not (c["dampening"] or c["nesterov"])  # no-ops without momentum
+    ]
+    + [
+        ("adagrad", dict(lr=0.1, eps=1e-10, **c))
+        for c in _grid(
+            lr_decay=(0.0, 0.05),
+            weight_decay=(0.0, 0.1),
+            initial_accumulator_value=(0.0, 0.5),
+            maximize=(False, True),
+        )
+    ]
+    + [
+        ("rmsprop", dict(lr=0.01, eps=1e-8, **c))
+        for c in _grid(
+            alpha=(0.99, 0.3),  # 1 - alpha < 0.5 and >= 0.5: both branches of the lerp
+            momentum=(0.0, 0.8),
+            centered=(False, True),
+            weight_decay=(0.0, 0.1),
+            maximize=(False, True),
+        )
+    ]
+    + [
+        ("adam", dict(lr=0.02, eps=1e-8, beta1=b1, beta2=b2, **c))
+        for (b1, b2), c in itertools.product(
+            ((0.9, 0.999), (0.3, 0.6)),  # 1 - beta1 < 0.5 and >= 0.5
+            _grid(
+                weight_decay=(0.0, 0.1),
+                decoupled=(False, True),
+                amsgrad=(False, True),
+                maximize=(False, True),
+            ),
+        )
+    ]
+)
+
+
+def functional_case_id(case) -> str:
+    """A readable pytest id of a FUNCTIONAL_CASES entry."""
+    name, kw = case
+    return name + "-" + ",".join(f"{k}={v}" for k, v in kw.items() if k not in ("lr", "eps"))

@@ -21,7 +21,6 @@ cannot fail a correct implementation (the same rule as tests/test_kernels_cpu.py
 
 from __future__ import annotations
 
-import itertools
 import zlib
 
 import numpy as np
@@ -31,6 +30,7 @@ from gpunet.activations import ACTIVATIONS, get_activation
 from gpunet.backend.base import Backend
 from gpunet.optim import functional as F
 from tests import oracles
+from tests.optim_oracles import FUNCTIONAL_CASES, functional_case_id
 
 ACTS = sorted(ACTIVATIONS)
 DTYPES = [np.float32, np.float64]
@@ -252,63 +252,12 @@ def test_softmax_cross_entropy_int32_targets_and_extremes(backend):
 
 
 # -------------------------------------------------------------------- optimizers
-def _grid(**axes):
-    keys = list(axes)
-    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
-
-
-OPTIM_CASES = (
-    [
-        ("sgd", dict(lr=0.1, **c))
-        for c in _grid(
-            momentum=(0.0, 0.9),
-            dampening=(0.0, 0.3),
-            nesterov=(False, True),
-            weight_decay=(0.0, 0.05),
-            maximize=(False, True),
-        )
-        if c["momentum"] or not (c["dampening"] or c["nesterov"])  # no-ops without momentum
-    ]
-    + [
-        ("adagrad", dict(lr=0.1, eps=1e-10, **c))
-        for c in _grid(
-            lr_decay=(0.0, 0.05),
-            weight_decay=(0.0, 0.1),
-            initial_accumulator_value=(0.0, 0.5),
-            maximize=(False, True),
-        )
-    ]
-    + [("adagrad", dict(lr=0.1, eps=0.1, lr_decay=0.0, weight_decay=0.0, maximize=False))]
-    + [
-        ("rmsprop", dict(lr=0.01, eps=1e-8, **c))
-        for c in _grid(
-            alpha=(0.99, 0.3),  # 1 - alpha < 0.5 and >= 0.5: both branches of the lerp
-            momentum=(0.0, 0.8),
-            centered=(False, True),
-            weight_decay=(0.0, 0.1),
-            maximize=(False, True),
-        )
-    ]
-    + [
-        ("adam", dict(lr=0.02, eps=1e-8, beta1=b1, beta2=b2, **c))
-        for (b1, b2), c in itertools.product(
-            ((0.9, 0.999), (0.3, 0.6)),  # 1 - beta1 < 0.5 and >= 0.5
-            _grid(
-                weight_decay=(0.0, 0.1),
-                decoupled=(False, True),
-                amsgrad=(False, True),
-                maximize=(False, True),
-            ),
-        )
-    ]
-)
+# FUNCTIONAL_CASES plus a large-eps adagrad
+OPTIM_CASES = FUNCTIONAL_CASES + [
+    ("adagrad", dict(lr=0.1, eps=0.1, lr_decay=0.0, weight_decay=0.0, maximize=False))
+]
 OPTIM_STEPS = 6
 OPTIM_SHAPES = [(3, 4), ()]
-
-
-def _case_id(case):
-    name, kw = case
-    return name + "-" + ",".join(f"{k}={v}" for k, v in kw.items() if k not in ("lr", "eps"))
 
 
 def _initial_state(name, kw, shape, dtype):
@@ -349,7 +298,7 @@ def _run_optimizer(case, shape, dtype, rtol):
     name, kw = case
     kw = dict(kw)
     reference, oracle = getattr(F, name + "_"), getattr(oracles, name)
-    rng = np.random.default_rng(_seed(_case_id(case), shape))
+    rng = np.random.default_rng(_seed(functional_case_id(case), shape))
     p = np.array(rng.standard_normal(shape), dtype=dtype)
     state = _initial_state(name, kw, shape, dtype)
     p_ref = _f64(p).copy()
@@ -377,12 +326,12 @@ def _run_optimizer(case, shape, dtype, rtol):
 
 
 @pytest.mark.parametrize("shape", OPTIM_SHAPES, ids=["3x4", "0d"])
-@pytest.mark.parametrize("case", OPTIM_CASES, ids=[_case_id(c) for c in OPTIM_CASES])
+@pytest.mark.parametrize("case", OPTIM_CASES, ids=[functional_case_id(c) for c in OPTIM_CASES])
 def test_optimizer_reference_float64(case, shape):
     _run_optimizer(case, shape, np.float64, RTOL[np.float64])
 
 
-@pytest.mark.parametrize("case", OPTIM_CASES, ids=[_case_id(c) for c in OPTIM_CASES])
+@pytest.mark.parametrize("case", OPTIM_CASES, ids=[functional_case_id(c) for c in OPTIM_CASES])
 def test_optimizer_reference_float32(case):
     """float32 stays float32 (hyperparameters never upcast) and tracks the oracle."""
     _run_optimizer(case, (3, 4), np.float32, RTOL[np.float32])

@@ -64,3 +64,43 @@ def test_a_spill_fails_the_compile(nvcc, tmp_path, monkeypatch):
     (tmp_path / "common.cuh").write_text((SOURCE_DIR / "common.cuh").read_text())
     with pytest.raises(RuntimeError, match="spill"):
         compile_cubin("spill.cu", "sm_90")
+
+
+CUDA_VERSIONS = ("12", "13")  # the cuda12 and cuda13 extras' CuPy compile with these
+
+
+@pytest.fixture(scope="module")
+def nvrtc():
+    from gpunet.kernels.cuda.compile_check import nvrtc_libraries  # noqa: PLC0415
+
+    found = nvrtc_libraries()
+    missing = [v for v in CUDA_VERSIONS if v not in found]
+    if missing:
+        from tests.conftest import _missing  # noqa: PLC0415
+
+        _missing(f"no libnvrtc for CUDA {missing} (the test extra brings the nvrtc wheels)")
+
+
+@pytest.mark.parametrize("cuda", CUDA_VERSIONS)
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_source_compiles_with_nvrtc_as_cupy_loads_it(nvrtc, source, arch, cuda):
+    """The exact string CuPy's RawModule gets (common.cuh pasted in, no host headers)
+    compiles with the NVRTC of CUDA 12 and 13 and holds every entry point."""
+    from gpunet.kernels.cuda.compile_check import nvrtc_compile  # noqa: PLC0415
+
+    cubin = nvrtc_compile(source, arch, cuda)
+    for name in kernel_names(source):
+        assert name.encode() + b"\0" in cubin, name
+
+
+def test_nvrtc_rejects_a_host_header(nvrtc, monkeypatch):
+    """The NVRTC check can fail: a source that includes a host header does not compile."""
+    import gpunet.kernels.cuda.runtime as runtime  # noqa: PLC0415
+    from gpunet.kernels.cuda.compile_check import nvrtc_compile  # noqa: PLC0415
+
+    monkeypatch.setattr(
+        runtime, "device_source", lambda source: "#include <vector>\n" + runtime.source_text(source)
+    )
+    with pytest.raises(RuntimeError, match="NVRTC failed"):
+        nvrtc_compile("gather.cu", "sm_90")

@@ -21,7 +21,6 @@ for the rounding of differences that cancel.
 from __future__ import annotations
 
 import inspect
-import itertools
 import zlib
 
 import numpy as np
@@ -34,6 +33,7 @@ from gpunet.kernels.cuda import optim_update
 from gpunet.kernels.cuda.runtime import HostRuntime
 from gpunet.optim import functional as F
 from tests import oracles
+from tests.optim_oracles import FUNCTIONAL_CASES, functional_case_id
 
 pytestmark = pytest.mark.cudahost
 
@@ -52,64 +52,8 @@ def rt():
     return HostRuntime()
 
 
-def _grid(**axes):
-    keys = list(axes)
-    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
-
-
-# (name, functional keyword arguments); adagrad's also carry initial_accumulator_value
-CASES = (
-    [
-        ("sgd", dict(lr=0.1, **c))
-        for c in _grid(
-            momentum=(0.0, 0.9),
-            dampening=(0.0, 0.3),
-            nesterov=(False, True),
-            weight_decay=(0.0, 0.05),
-            maximize=(False, True),
-        )
-        if c["momentum"] or not (c["dampening"] or c["nesterov"])  # no-ops without momentum
-    ]
-    + [
-        ("adagrad", dict(lr=0.1, eps=1e-10, **c))
-        for c in _grid(
-            lr_decay=(0.0, 0.05),
-            weight_decay=(0.0, 0.1),
-            initial_accumulator_value=(0.0, 0.5),
-            maximize=(False, True),
-        )
-    ]
-    + [
-        ("rmsprop", dict(lr=0.01, eps=1e-8, **c))
-        for c in _grid(
-            alpha=(0.99, 0.3),  # 1 - alpha < 0.5 and >= 0.5: both branches of the lerp
-            momentum=(0.0, 0.8),
-            centered=(False, True),
-            weight_decay=(0.0, 0.1),
-            maximize=(False, True),
-        )
-    ]
-    + [
-        ("adam", dict(lr=0.02, eps=1e-8, beta1=b1, beta2=b2, **c))
-        for (b1, b2), c in itertools.product(
-            ((0.9, 0.999), (0.3, 0.6)),  # 1 - beta1 < 0.5 and >= 0.5
-            _grid(
-                weight_decay=(0.0, 0.1),
-                decoupled=(False, True),
-                amsgrad=(False, True),
-                maximize=(False, True),
-            ),
-        )
-    ]
-)
-
-
-def _case_id(case):
-    name, kw = case
-    return name + "-" + ",".join(f"{k}={v}" for k, v in kw.items() if k not in ("lr", "eps"))
-
-
-CASE_IDS = [_case_id(c) for c in CASES]
+CASES = FUNCTIONAL_CASES
+CASE_IDS = [functional_case_id(c) for c in CASES]
 
 
 def _seed(*parts) -> int:
@@ -436,7 +380,7 @@ def test_fused_update_matches_reference_and_cpu_kernel(rt, case, dtype):
     cpu = optim_updates.fused_update(name)
     kwargs = {k: v for k, v in kw.items() if k != "initial_accumulator_value"}
     for shape in FUSED_SHAPES:
-        rng = np.random.default_rng(_seed(_case_id(case), shape, dtype.__name__))
+        rng = np.random.default_rng(_seed(functional_case_id(case), shape, dtype.__name__))
         p = np.array(rng.standard_normal(shape), dtype=dtype)
         p_ref, p_cpu = p.copy(), p.copy()
         # the reference ignores a first-step buffer's contents (NaN here); the CPU rule

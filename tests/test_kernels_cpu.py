@@ -790,3 +790,22 @@ def test_cache_stamp_covers_the_package():
     softmax_cross_entropy(np.zeros((1, 2)), np.zeros(1, np.int64))
     locator = softmax_xent._softmax_xent_rows._cache._impl._locator
     assert type(locator).__name__ == "PackageStampLocator"
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "rmsprop", "adam"])
+def test_per_parameter_kernels_take_the_reference_signature(name):
+    """The CPU kernels are the functional references' signature plus flush_denormals,
+    and a call that does not fit it is refused."""
+    import inspect  # noqa: PLC0415
+
+    from gpunet.kernels.cpu import optim_updates  # noqa: PLC0415
+    from gpunet.optim import functional  # noqa: PLC0415
+
+    kernel = optim_updates.fused_update(name)
+    reference = inspect.signature(getattr(functional, name + "_"))
+    params = list(inspect.signature(kernel).parameters.values())
+    assert params[-1].name == "flush_denormals" and params[-1].default is None
+    assert inspect.Signature(params[:-1], return_annotation="None") == reference
+    p = np.zeros(3)
+    with pytest.raises(TypeError, match=name):
+        kernel(np, p, p.copy(), p.copy(), lr=0.1)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from gpunet.autograd import Tensor, no_grad
 from gpunet.losses import get_loss
-from gpunet.random import default_generator
+from gpunet.random import default_generator, epoch_permutation
 from gpunet.train import validation as check
 from gpunet.train.callbacks import CallbackList, LRSchedulerCallback, wants_batch_hooks
 from gpunet.train.engines import select_engine
@@ -177,7 +177,8 @@ class Trainer:
         n = X.shape[0]
         batch_size = batch_size_for_mode(mode, batch_size if batch_size is not None else n, n)
         iterations = math.ceil(n / batch_size)
-        rng = default_generator() if seed is None else np.random.default_rng(seed)
+        if seed is None:  # one draw per fit; each epoch's order then follows from it
+            seed = int(default_generator().integers(2**63))
         engine = self._select_engine()
         engine.prepare(X, Y, batch_size)  # once per fit: the data in the engine's layout
         self.engine_name = engine.name
@@ -200,7 +201,9 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 # a full batch is one step whatever the order; otherwise the engine
                 # gathers each batch's rows (no shuffled copy of the data set)
-                order = xp.asarray(rng.permutation(n)) if shuffle and batch_size < n else None
+                order = (
+                    epoch_permutation(xp, n, seed, epoch) if shuffle and batch_size < n else None
+                )
                 self.model.train()
                 start = time.perf_counter()
                 with tqdm(

@@ -28,6 +28,7 @@ Adagrad s1 = sum of squared gradients.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -344,3 +345,106 @@ def hyper_row(name: str, group: dict) -> np.ndarray:
         raise ValueError(f"no update rule for optimizer {name!r}")
     h[: len(vals)] = [float(v) for v in vals]
     return h
+
+
+#: each optimizer's state arguments in ``gpunet.optim.functional``'s signatures
+STATE_ARGUMENTS = {
+    "sgd": ("buf",),
+    "adagrad": ("state_sum",),
+    "rmsprop": ("square_avg", "grad_avg", "momentum_buffer"),
+    "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+}
+#: each optimizer's keyword arguments in ``gpunet.optim.functional``'s signatures
+HYPER_ARGUMENTS = {
+    "sgd": ("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize", "first_step"),
+    "adagrad": ("lr", "lr_decay", "weight_decay", "eps", "step", "maximize"),
+    "rmsprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize"),
+    "adam": (
+        "lr",
+        "beta1",
+        "beta2",
+        "eps",
+        "weight_decay",
+        "decoupled",
+        "amsgrad",
+        "step",
+        "maximize",
+    ),  # fmt: skip
+}
+
+
+def per_parameter_update(name: str, run, extra_keywords: dict | None = None):
+    """A per-parameter update function for optimizer ``name`` with exactly the signature
+    of ``gpunet.optim.functional.<name>_`` (plus ``extra_keywords``, name -> default),
+    which maps its call through :func:`rule_inputs` and calls
+    ``run(kind, p, g, (s1, s2, s3), h, step, first, **extras)``. The one front end of
+    the CPU and CUDA per-parameter kernels."""
+    states_expected = len(STATE_ARGUMENTS[name])
+    hyper_expected = frozenset(HYPER_ARGUMENTS[name])
+    extra_keywords = dict(extra_keywords or {})
+
+    def update(xp, p, g, *states, **keywords):
+        extras = {k: keywords.pop(k, default) for k, default in extra_keywords.items()}
+        if len(states) != states_expected or keywords.keys() != hyper_expected:
+            raise TypeError(f"{name}_{update.__signature__} got {len(states)} state arrays "
+                            f"and keywords {sorted(keywords)}")  # fmt: skip
+        kind, slots, h, step, first = rule_inputs(name, states, keywords)
+        run(kind, p, g, slots, h, step, first, **extras)
+
+    P = inspect.Parameter
+    update.__signature__ = inspect.Signature(
+        [P(a, P.POSITIONAL_OR_KEYWORD) for a in ("xp", "p", "g", *STATE_ARGUMENTS[name])]
+        + [P(k, P.KEYWORD_ONLY) for k in HYPER_ARGUMENTS[name]]
+        + [P(k, P.KEYWORD_ONLY, default=v) for k, v in extra_keywords.items()],
+        return_annotation="None",
+    )
+    update.__name__ = update.__qualname__ = f"{name}_"
+    update.__doc__ = (
+        f"In-place {name} step of one parameter; see ``gpunet.optim.functional.{name}_``. "
+        "``p``, ``g`` and the state arrays share one shape and dtype (C-contiguous); a "
+        "state the options do not use may be None."
+    )
+    return update
+
+
+def rule_inputs(name: str, states: tuple, hyper: dict):
+    """A call of ``gpunet.optim.functional.<name>_`` as a rule's inputs.
+
+    ``states``: the call's state arrays in signature order; ``hyper``: its keyword
+    hyperparameters. Returns ``(kind, (s1, s2, s3), h, step, first)``: the rule, its
+    state slots (None where the call keeps no such state), the float64 row ``h``, the
+    1-based ``step`` of this update and SGD's first-step flag. Shared by every
+    per-parameter kernel (CPU and CUDA), so the mapping exists once."""
+    h = np.zeros(N_HYPER)
+
+    def row(*values):
+        h[: len(values)] = [float(v) for v in values]
+        return h
+
+    if name == "sgd":
+        (buf,) = states
+        momentum = float(hyper["momentum"])
+        row(hyper["lr"], momentum, hyper["dampening"],
+            hyper["nesterov"], hyper["weight_decay"], hyper["maximize"])  # fmt: skip
+        return SGD, (buf if momentum != 0 else None, None, None), h, 1, hyper["first_step"]
+    if name == "adagrad":
+        row(hyper["lr"], hyper["lr_decay"], hyper["weight_decay"], hyper["eps"],
+            hyper["maximize"])  # fmt: skip
+        return ADAGRAD, (states[0], None, None), h, hyper["step"], False
+    if name == "rmsprop":
+        square_avg, grad_avg, buf = states
+        row(hyper["lr"], hyper["alpha"], hyper["eps"], hyper["weight_decay"],
+            hyper["momentum"], hyper["centered"], hyper["maximize"])  # fmt: skip
+        slots = (
+            square_avg,
+            grad_avg if hyper["centered"] else None,
+            buf if float(hyper["momentum"]) > 0 else None,
+        )
+        return RMSPROP, slots, h, 1, False
+    if name == "adam":
+        exp_avg, exp_avg_sq, max_sq = states
+        row(hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"], hyper["weight_decay"],
+            hyper["decoupled"], hyper["amsgrad"], hyper["maximize"])  # fmt: skip
+        slots = (exp_avg, exp_avg_sq, max_sq if hyper["amsgrad"] else None)
+        return ADAM, slots, h, hyper["step"], False
+    raise ValueError(f"no update rule for optimizer {name!r}")

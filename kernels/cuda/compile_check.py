@@ -7,6 +7,7 @@ is a compile error. ``python -m gpunet.kernels.cuda.compile_check`` prints the t
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -102,3 +103,91 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ------------------------------------------------------------------------ NVRTC
+def nvrtc_libraries() -> dict[str, str]:
+    """The libnvrtc of each CUDA major version installed as a wheel
+    (``nvidia-cuda-nvrtc`` 13.x, ``nvidia-cuda-nvrtc-cu12``), else the system's:
+    ``{"13": path, ...}``."""
+    import ctypes.util  # noqa: PLC0415
+    import glob  # noqa: PLC0415
+    import sysconfig  # noqa: PLC0415
+
+    site = sysconfig.get_paths()["purelib"]
+    found = {}
+    for pattern in ("nvidia/cu*/lib/libnvrtc.so.*", "nvidia/cuda_nvrtc/lib/libnvrtc.so.*"):
+        for path in sorted(glob.glob(f"{site}/{pattern}")):
+            found.setdefault(path.rsplit(".so.", 1)[1].split(".")[0], path)
+    system = ctypes.util.find_library("nvrtc")
+    if not found and system:
+        found["system"] = system
+    return found
+
+
+_loaded: dict[str, object] = {}
+
+
+def _nvrtc_library(version: str | None = None):
+    """libnvrtc through ctypes (the newest installed, or ``version``), or None."""
+    import ctypes  # noqa: PLC0415
+    import glob  # noqa: PLC0415
+
+    libraries = nvrtc_libraries()
+    if not libraries:
+        return None
+    version = version or max(libraries)
+    if version not in _loaded:
+        path = libraries[version]
+        # NVRTC dlopens its builtins library by name: load the one beside it first
+        for builtins in glob.glob(f"{os.path.dirname(path)}/libnvrtc-builtins.so.*"):
+            if ".alt." not in builtins:
+                ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+        _loaded[version] = ctypes.CDLL(path)
+    return _loaded[version]
+
+
+def nvrtc_available() -> bool:
+    return bool(nvrtc_libraries())
+
+
+def nvrtc_compile(source: str, arch: str = "sm_90", version: str | None = None) -> bytes:
+    """Compile ``source`` as CuPy's loader hands it to NVRTC (``device_source``: one
+    string, ``-std=c++17``) for ``arch`` with the NVRTC of CUDA ``version`` (a key of
+    :func:`nvrtc_libraries`; default the newest); returns the cubin. RuntimeError with
+    NVRTC's log on failure."""
+    import ctypes  # noqa: PLC0415
+
+    from gpunet.kernels.cuda.runtime import device_source  # noqa: PLC0415
+
+    lib = _nvrtc_library(version)
+    if lib is None:
+        raise RuntimeError("libnvrtc not found (pip install 'nvidia-cuda-nvrtc==13.0.*')")
+    prog = ctypes.c_void_p()
+
+    def check(status, what):
+        if status != 0:
+            raise RuntimeError(f"NVRTC {what} failed for {source} ({arch}): status {status}")
+
+    check(
+        lib.nvrtcCreateProgram(
+            ctypes.byref(prog), device_source(source).encode(), source.encode(), 0, None, None
+        ),
+        "createProgram",
+    )
+    try:
+        options = [f"-arch={arch}".encode(), b"-std=c++17"]
+        status = lib.nvrtcCompileProgram(prog, len(options), (ctypes.c_char_p * 2)(*options))
+        if status != 0:
+            size = ctypes.c_size_t()
+            lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetProgramLog(prog, log)
+            raise RuntimeError(f"NVRTC failed for {source} ({arch}):\n{log.value.decode()}")
+        size = ctypes.c_size_t()
+        check(lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "getCUBINSize")
+        cubin = ctypes.create_string_buffer(size.value)
+        check(lib.nvrtcGetCUBIN(prog, cubin), "getCUBIN")
+        return cubin.raw
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))

@@ -15,9 +15,16 @@ kernels: no software denormal flush (subnormal arithmetic is not slow on a GPU).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from gpunet.kernels.cpu.update_rules import ADAGRAD, ADAM, N_HYPER, RMSPROP, SGD
+from gpunet.kernels.cpu.update_rules import (
+    N_HYPER,
+    SGD,
+    STATE_ARGUMENTS,
+    per_parameter_update,
+)
 
 __all__ = ["SOURCE", "fused_update", "update_all"]
 
@@ -59,6 +66,19 @@ def update_all(rt, kind: int, param_table, H, steps, firsts, P, G, S1, S2, S3, u
         raise ValueError("param_table, H, steps and firsts disagree on the parameter count")
     if n_params == 0:
         return
+    _launch_update(rt, kind, param_table, H, steps, firsts, P, G, S1, S2, S3, use_s2, use_s3)
+    rt.launch(
+        SOURCE,
+        rt.kernel_name("advance_steps", P.dtype),
+        (-(-n_params // THREADS), 1, 1),
+        (THREADS, 1, 1),
+        (np.int32(n_params), steps, firsts),
+    )
+
+
+def _launch_update(rt, kind, param_table, H, steps, firsts, P, G, S1, S2, S3, use_s2, use_s3):
+    """The ``optimizer_update`` launch alone (the step counts are read, not advanced)."""
+    total = P.shape[0]
     rt.launch(
         SOURCE,
         rt.kernel_name("optimizer_update", P.dtype),
@@ -66,7 +86,7 @@ def update_all(rt, kind: int, param_table, H, steps, firsts, P, G, S1, S2, S3, u
         (THREADS, 1, 1),
         (
             np.int32(kind),
-            np.int32(n_params),
+            np.int32(param_table.shape[0]),
             param_table,
             H,
             steps,
@@ -81,13 +101,6 @@ def update_all(rt, kind: int, param_table, H, steps, firsts, P, G, S1, S2, S3, u
             np.int32(bool(use_s3)),
         ),
     )
-    rt.launch(
-        SOURCE,
-        rt.kernel_name("advance_steps", P.dtype),
-        (-(-n_params // THREADS), 1, 1),
-        (THREADS, 1, 1),
-        (np.int32(n_params), steps, firsts),
-    )
 
 
 # -------------------------------------------------------------- per parameter
@@ -98,13 +111,7 @@ def _flat(a):
     return a.reshape(-1)
 
 
-def _row(*values) -> np.ndarray:
-    h = np.zeros((1, N_HYPER))
-    h[0, : len(values)] = [float(v) for v in values]
-    return h
-
-
-def _update_one(rt, kind, p, g, s1, s2, s3, h, step, first):
+def _update_one(rt, kind, p, g, slots, h, step, first):
     """``optimizer_update`` over one parameter (K = 1): ``step`` the 1-based count of
     this update, ``first`` SGD's first-step flag; None state slots are not touched."""
     xp = rt.xp
@@ -113,137 +120,22 @@ def _update_one(rt, kind, p, g, s1, s2, s3, h, step, first):
     if n == 0:
         return
     g_ = _flat(g)
-    slots = [p_ if s is None else _flat(s) for s in (s1, s2, s3)]
-    for s in (g_, *slots):
+    flat_slots = [p_ if s is None else _flat(s) for s in slots]
+    for s in (g_, *flat_slots):
         if s.shape[0] != n or s.dtype != p_.dtype:
             raise ValueError("p, g and the state arrays must share one shape and dtype")
-    table = xp.asarray(np.array([[0, n]], dtype=np.int64))
-    steps = xp.asarray(np.array([int(step) - 1], dtype=np.int64))
-    firsts = xp.asarray(np.array([int(bool(first))], dtype=np.int64))
-    rt.launch(
-        SOURCE,
-        rt.kernel_name("optimizer_update", p_.dtype),
-        (_blocks(n), 1, 1),
-        (THREADS, 1, 1),
-        (
-            np.int32(kind),
-            np.int32(1),
-            table,
-            xp.asarray(h),
-            steps,
-            firsts,
-            np.int64(n),
-            p_,
-            g_,
-            *slots,
-            np.int32(s2 is not None),
-            np.int32(s3 is not None),
-        ),
-    )
-
-
-def _sgd(rt):
-    def sgd_(
-        xp, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay, maximize, first_step
-    ) -> None:
-        """In-place SGD step (see ``gpunet.optim.functional.sgd_``); ``buf`` None when
-        ``momentum == 0``."""
-        h = _row(lr, momentum, dampening, nesterov, weight_decay, maximize)
-        buf = buf if float(momentum) != 0 else None
-        _update_one(rt, SGD, p, g, buf, None, None, h, 1, first_step)
-
-    return sgd_
-
-
-def _adagrad(rt):
-    def adagrad_(xp, p, g, state_sum, *, lr, lr_decay, weight_decay, eps, step, maximize) -> None:
-        """In-place Adagrad step (see ``gpunet.optim.functional.adagrad_``)."""
-        h = _row(lr, lr_decay, weight_decay, eps, maximize)
-        _update_one(rt, ADAGRAD, p, g, state_sum, None, None, h, step, False)
-
-    return adagrad_
-
-
-def _rmsprop(rt):
-    def rmsprop_(
-        xp,
-        p,
-        g,
-        square_avg,
-        grad_avg,
-        momentum_buffer,
-        *,
-        lr,
-        alpha,
-        eps,
-        weight_decay,
-        momentum,
-        centered,
-        maximize,
-    ) -> None:
-        """In-place RMSprop step (see ``gpunet.optim.functional.rmsprop_``); ``grad_avg``
-        None unless ``centered``, ``momentum_buffer`` None unless ``momentum > 0``."""
-        h = _row(lr, alpha, eps, weight_decay, momentum, centered, maximize)
-        _update_one(
-            rt,
-            RMSPROP,
-            p,
-            g,
-            square_avg,
-            grad_avg if centered else None,
-            momentum_buffer if float(momentum) > 0 else None,
-            h,
-            1,
-            False,
-        )
-
-    return rmsprop_
-
-
-def _adam(rt):
-    def adam_(
-        xp,
-        p,
-        g,
-        exp_avg,
-        exp_avg_sq,
-        max_exp_avg_sq,
-        *,
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        decoupled,
-        amsgrad,
-        step,
-        maximize,
-    ) -> None:
-        """In-place Adam / AdamW (``decoupled``) step, optionally AMSGrad (see
-        ``gpunet.optim.functional.adam_``); ``max_exp_avg_sq`` None unless ``amsgrad``."""
-        h = _row(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize)
-        _update_one(
-            rt,
-            ADAM,
-            p,
-            g,
-            exp_avg,
-            exp_avg_sq,
-            max_exp_avg_sq if amsgrad else None,
-            h,
-            step,
-            False,
-        )
-
-    return adam_
-
-
-_FACTORIES = {"sgd": _sgd, "adagrad": _adagrad, "rmsprop": _rmsprop, "adam": _adam}
+    _launch_update(
+        rt, kind, xp.asarray(np.array([[0, n]], dtype=np.int64)), xp.asarray(h[None, :]),
+        xp.asarray(np.array([int(step) - 1], dtype=np.int64)),
+        xp.asarray(np.array([int(bool(first))], dtype=np.int64)),
+        p_, g_, *flat_slots, slots[1] is not None, slots[2] is not None,
+    )  # fmt: skip
 
 
 def fused_update(rt, name: str):
     """The in-place update of one parameter for optimizer ``name`` on runtime ``rt``,
     with exactly the signature of ``gpunet.optim.functional``'s reference (``xp`` is
     accepted and ignored), or None for an unknown name."""
-    factory = _FACTORIES.get(name)
-    return None if factory is None else factory(rt)
+    if name not in STATE_ARGUMENTS:
+        return None
+    return per_parameter_update(name, functools.partial(_update_one, rt))

@@ -63,6 +63,8 @@ class KernelRuntime:
 
     name = "abstract"
     xp = np
+    #: whether ``capture`` records a CUDA graph (else it returns the step itself)
+    captures_graphs = False
 
     def launch(self, source, kernel, grid, block, args, shared_mem=0):
         raise NotImplementedError
@@ -94,6 +96,7 @@ class CupyRuntime(KernelRuntime):
     """Kernels on a CUDA device through CuPy (NVRTC-compiled ``RawModule`` per source)."""
 
     name = "cupy"
+    captures_graphs = True
 
     def __init__(self, device_index: int = 0):
         import cupy  # noqa: PLC0415

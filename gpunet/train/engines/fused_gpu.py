@@ -18,6 +18,7 @@ The same engine runs on the CPU through the host build of the kernels
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -64,10 +65,11 @@ class FusedGpuEngine(Engine):
         from gpunet.kernels.cpu.update_rules import N_HYPER, OPTIMIZER_CODES  # noqa: PLC0415
         from gpunet.kernels.cuda import fused_mlp  # noqa: PLC0415
 
+        self.backend = next(model.parameters()).backend
         if runtime is None:
             from gpunet.kernels.cuda.runtime import CupyRuntime  # noqa: PLC0415
 
-            runtime = CupyRuntime(next(model.parameters()).backend.index)
+            runtime = CupyRuntime(self.backend.index)
         self.rt, self.xp = runtime, runtime.xp
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.track_accuracy = track_accuracy
@@ -113,7 +115,7 @@ class FusedGpuEngine(Engine):
         if n % batch_size and batch_size < n:
             rows.add(n % batch_size)
         self.route = self.fixed_route or choose_route(min(batch_size, n), self.rt)
-        with self._out_of_memory_hint(batch_size):
+        with _out_of_memory_hint(self.rt, batch_size):
             self.workspaces = {
                 r: fm.Workspace(xp, self.layers, r, self.state.dtype, self.loss_spec) for r in rows
             }
@@ -128,7 +130,7 @@ class FusedGpuEngine(Engine):
         H, steps, firsts = self.state.load()
         opt = self.device_opt
         for device, host in ((opt.H, H), (opt.steps, steps), (opt.firsts, firsts)):
-            _upload(device, host)
+            device[...] = self.backend.asarray(host)
         if order is not None:
             self.order[...] = xp.asarray(order, dtype=np.int64)
         self.epoch.reset()
@@ -149,14 +151,15 @@ class FusedGpuEngine(Engine):
                 run = self._runner(step, rows, order_arg)
                 for _ in range(count):
                     run()
-        loss_sum = float(_download(self.epoch.loss_sum)[0])
-        correct = int(_download(self.epoch.correct)[0]) if self.track_accuracy else None
+        to_host = self.backend.to_numpy
+        loss_sum = float(to_host(self.epoch.loss_sum)[0])
+        correct = int(to_host(self.epoch.correct)[0]) if self.track_accuracy else None
         if on_batch_end is not None:
             on_batch_end(full + (1 if rest else 0) - 1, {"loss": loss_sum / self.n})
         return loss_sum, correct
 
     def write_back(self) -> None:
-        self.state.store(_download(self.device_opt.steps))
+        self.state.store(self.backend.to_numpy(self.device_opt.steps))
 
     # -------------------------------------------------------------- helpers
     def _runner(self, step, rows, order):
@@ -165,7 +168,7 @@ class FusedGpuEngine(Engine):
         def run():
             step.step(ws, self.data, order, self.epoch, self.route)
 
-        if self.route != "kernels" or not self.use_graphs or self.rt.name != "cupy":
+        if self.route != "kernels" or not self.use_graphs or not self.rt.captures_graphs:
             return run
         key = (rows, order is None)
         replay = self._graphs.get(key)
@@ -174,32 +177,17 @@ class FusedGpuEngine(Engine):
             replay = self._graphs[key] = self.rt.capture(run)
         return replay
 
-    def _out_of_memory_hint(self, batch_size):
-        from contextlib import contextmanager  # noqa: PLC0415
 
-        @contextmanager
-        def guard():
-            try:
-                yield
-            except Exception as exc:
-                if type(exc).__name__ != "OutOfMemoryError":
-                    raise
-                free, total = self.rt.memory_info()
-                raise MemoryError(
-                    f"out of GPU memory preparing batches of {batch_size} rows: {exc}; "
-                    f"{free / 2**20:.0f} MiB of {total / 2**20:.0f} MiB free. Try a "
-                    f"smaller batch_size."
-                ) from exc
-
-        return guard()
-
-
-def _upload(device, host):
-    if isinstance(device, np.ndarray):
-        device[...] = host
-    else:
-        device.set(np.ascontiguousarray(host, dtype=device.dtype))
-
-
-def _download(array):
-    return array if isinstance(array, np.ndarray) else array.get()
+@contextlib.contextmanager
+def _out_of_memory_hint(runtime, batch_size):
+    """Turn the device allocator's out-of-memory error into one that names the sizes."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__name__ != "OutOfMemoryError":  # cupy.cuda.memory's
+            raise
+        free, total = runtime.memory_info()
+        raise MemoryError(
+            f"out of GPU memory preparing batches of {batch_size} rows: {exc}; "
+            f"{free / 2**20:.0f} MiB of {total / 2**20:.0f} MiB free. Try a smaller batch_size."
+        ) from exc
