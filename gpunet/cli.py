@@ -166,8 +166,11 @@ def cmd_train(args) -> int:
     from gpunet.data import Standardizer, load_dataset  # noqa: PLC0415
     from gpunet.losses import get_loss  # noqa: PLC0415
     from gpunet.train import EarlyStopping, Trainer  # noqa: PLC0415
-    from gpunet.train.callbacks import atomic_write  # noqa: PLC0415
+    from gpunet.train.callbacks import atomic_write, check_writable  # noqa: PLC0415
 
+    for path, what in ((args.output, "--output"), (args.save, "--save")):
+        if path:  # before any data is loaded or any epoch runs
+            check_writable(path, what)
     gpunet.manual_seed(args.seed)
     dataset = load_dataset(args.dataset, seed=args.seed)
     X_train, X_test = dataset.X_train, dataset.X_test

@@ -139,3 +139,53 @@ def test_saved_weights_are_never_half_written(tmp_path):
         pass
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_unwritable_output_paths_fail_before_any_data_is_loaded(tmp_path, capsys, monkeypatch):
+    import gpunet.data  # noqa: PLC0415
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data was loaded before the output paths were checked")
+
+    monkeypatch.setattr(gpunet.data, "load_dataset", no_loading)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (["--output", str(tmp_path)], "--output", "is a directory"),
+        (["--save", str(a_file / "w.safetensors")], "--save", "is not a directory"),
+    ]
+    for extra, what, message in cases:
+        assert main(["train", "--no-progress", "--epochs", "1", *extra]) == 2
+        err = capsys.readouterr().err
+        assert what in err and message in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_piped_output_has_no_carriage_returns_and_no_repeated_notice(tmp_path):
+    """As `gpunet train ... 2>&1 | cat` shows it: one line per epoch, no bars."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpunet.cli",
+            "train",
+            "--epochs",
+            "3",
+            "--hidden",
+            "16",
+            "--engine",
+            "autograd",
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout
+    assert "\r" not in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("epoch ") for line in lines) == 3, proc.stdout
+    assert len(lines) == len(set(lines)), proc.stdout  # no notice printed twice

@@ -334,38 +334,3 @@ def test_non_finite_regression_targets_raise_before_training(bad):
         fit(model, X, y, loss=nn.MSELoss(), optimizer=optim.SGD(model.parameters(), lr=0.1))
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(value, before[key])
-
-
-def test_epoch_permutation_depends_on_seed_and_epoch_only():
-    from gpunet.random import epoch_permutation  # noqa: PLC0415
-
-    orders = {(s, e): epoch_permutation(np, 257, s, e) for s in (0, 1) for e in (0, 1, 2)}
-    for order in orders.values():
-        assert order.dtype == np.int64 and np.array_equal(np.sort(order), np.arange(257))
-    assert len({tuple(o) for o in orders.values()}) == len(orders)  # all different
-    np.testing.assert_array_equal(orders[(1, 2)], epoch_permutation(np, 257, 1, 2))
-
-
-def test_seeded_fit_shuffles_each_epoch_by_its_own_permutation():
-    """fit(seed=s) trains epoch e on epoch_permutation(s, e): two epochs unshuffled over
-    the arrays permuted that way give the same weights."""
-    from gpunet.random import epoch_permutation  # noqa: PLC0415
-
-    X, y = blobs(60, seed=2)
-    results = []
-    for shuffled in (True, False):
-        gpunet.manual_seed(0)
-        model = nn.Sequential(nn.Linear(4, 3))
-        trainer = Trainer(
-            model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1),
-            engine="autograd", progress=False, verbose=0,
-        )  # fmt: skip
-        if shuffled:
-            trainer.fit(X, y, epochs=2, batch_size=7, seed=11)
-        else:
-            for epoch in range(2):
-                p = epoch_permutation(np, 60, 11, epoch)
-                trainer.fit(X[p], y[p], epochs=1, batch_size=7, shuffle=False)
-        results.append([np.array(q.data) for q in model.parameters()])
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)

@@ -6,6 +6,14 @@ import re
 import sys
 
 _CUDA_RE = re.compile(r"^cuda(?::(\d+))?$")
+_notices_shown: set[str] = set()
+
+
+def notice_once(message: str) -> None:
+    """Print ``message`` to stderr the first time this process asks, never again."""
+    if message not in _notices_shown:
+        _notices_shown.add(message)
+        print(message, file=sys.stderr)
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -29,7 +37,7 @@ def normalize_device(device) -> str:
     """Turn a user device spec into ``"cpu"`` or ``"cuda:N"``.
 
     ``"auto"`` picks ``"cuda:0"`` when CuPy finds a usable GPU, otherwise ``"cpu"`` and
-    prints a one-line notice to stderr. Raises ValueError for unknown strings and
+    prints a one-line notice to stderr (once per process). Raises ValueError for unknown strings and
     RuntimeError when CUDA is asked for but unusable.
     """
     if device is None:
@@ -43,7 +51,7 @@ def normalize_device(device) -> str:
         reason = cuda_unavailable_reason()
         if reason is None:
             return "cuda:0"
-        print(f"gpunet: device 'auto' -> cpu ({reason})", file=sys.stderr)
+        notice_once(f"gpunet: device 'auto' -> cpu ({reason})")
         return "cpu"
     m = _CUDA_RE.match(spec)
     if not m:

@@ -57,6 +57,23 @@ def atomic_write(path):
         raise
 
 
+def check_writable(path, what: str) -> None:
+    """Raise ValueError naming ``what`` and ``path`` unless a file can be written there:
+    not a directory, and its folder (the nearest existing one, as ``atomic_write``
+    creates missing ones) writable. Called before training, so nothing trained is lost
+    to a bad path afterwards."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path!r} is a directory, not a file")
+    folder = os.path.dirname(path)
+    while not os.path.isdir(folder):
+        if os.path.exists(folder):
+            raise ValueError(f"{what} {path!r}: {folder!r} is not a directory")
+        folder = os.path.dirname(folder)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path!r}: cannot write in {folder!r}")
+
+
 def _as_float(value) -> float:
     """A Python float from a Python/NumPy/CuPy scalar or 0-d array."""
     if hasattr(value, "item"):

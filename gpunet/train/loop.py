@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from gpunet.autograd import Tensor, no_grad
 from gpunet.losses import get_loss
-from gpunet.random import default_generator, epoch_permutation
+from gpunet.random import default_generator
 from gpunet.train import validation as check
 from gpunet.train.callbacks import CallbackList, LRSchedulerCallback, wants_batch_hooks
 from gpunet.train.engines import select_engine
@@ -177,8 +177,7 @@ class Trainer:
         n = X.shape[0]
         batch_size = batch_size_for_mode(mode, batch_size if batch_size is not None else n, n)
         iterations = math.ceil(n / batch_size)
-        if seed is None:  # one draw per fit; each epoch's order then follows from it
-            seed = int(default_generator().integers(2**63))
+        rng = default_generator() if seed is None else np.random.default_rng(seed)
         engine = self._select_engine()
         engine.prepare(X, Y, batch_size)  # once per fit: the data in the engine's layout
         self.engine_name = engine.name
@@ -194,23 +193,32 @@ class Trainer:
         self.stop_training = False
         self.callbacks.set_trainer(self)
         xp = self.backend.xp
-        with self.backend.training_context(self.flush_denormals):
+        # bars only on a terminal (a log file or pipe gets one line per epoch); a fused
+        # engine's epoch is one call, so its bar counts epochs
+        interactive = self.progress and _is_terminal(sys.stderr)
+        epoch_bar = tqdm(
+            total=epochs,
+            desc="training",
+            unit="epoch",
+            disable=not (interactive and engine.whole_epochs),
+            leave=False,
+            file=sys.stderr,
+        )
+        with self.backend.training_context(self.flush_denormals), epoch_bar:
             self.callbacks.on_train_begin({})
             for epoch in range(epochs):
                 self.callbacks.on_epoch_begin(epoch, {})
                 lr = self.optimizer.param_groups[0]["lr"]
                 # a full batch is one step whatever the order; otherwise the engine
                 # gathers each batch's rows (no shuffled copy of the data set)
-                order = (
-                    epoch_permutation(xp, n, seed, epoch) if shuffle and batch_size < n else None
-                )
+                order = xp.asarray(rng.permutation(n)) if shuffle and batch_size < n else None
                 self.model.train()
                 start = time.perf_counter()
                 with tqdm(
                     total=n,
                     desc=f"epoch {epoch + 1}/{epochs}",
                     unit="sample",
-                    disable=not self.progress,
+                    disable=not (interactive and not engine.whole_epochs),
                     leave=False,
                     file=sys.stderr,
                 ) as bar:
@@ -221,6 +229,7 @@ class Trainer:
                         # History and callbacks read them
                         engine.write_back()
                     bar.update(n - bar.n)
+                epoch_bar.update(1)
                 logs = {"loss": loss_sum / n}
                 if correct is not None:
                     logs["accuracy"] = correct / n
@@ -231,7 +240,7 @@ class Trainer:
                 history.record(epoch, logs, iterations)
                 self.callbacks.on_epoch_end(epoch, logs)
                 if self.verbose:
-                    print(self._epoch_line(epoch, epochs, logs), file=sys.stderr)
+                    tqdm.write(self._epoch_line(epoch, epochs, logs), file=sys.stderr)
                 if self.stop_training:
                     break
             self.callbacks.on_train_end(logs)
@@ -281,6 +290,13 @@ class Trainer:
 
     def predict(self, x, batch_size: int = 1024) -> np.ndarray:
         return predict(self.model, x, batch_size)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
 
 
 def predict(model, x, batch_size: int = 1024) -> np.ndarray:

@@ -29,6 +29,9 @@ class Engine(abc.ABC):
 
     #: short name reported as ``Trainer.engine_name`` ("autograd", "fused", ...)
     name: str
+    #: True when ``run_epoch`` reports no progress within the epoch (a fused engine runs
+    #: it as one call): the fit loop's progress bar then counts epochs, not samples
+    whole_epochs: bool = False
 
     @abc.abstractmethod
     def prepare(self, X, y, batch_size: int) -> None:

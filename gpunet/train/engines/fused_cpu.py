@@ -23,6 +23,7 @@ class FusedCpuEngine(Engine):
     """Runs epochs with ``backend.fused_epoch_kernel()``; see the module docstring."""
 
     name = "fused"
+    whole_epochs = True
     #: run steps of ``blas.MODEL_PARALLEL_MIN_ROWS`` rows or more on two threads where the
     #: process may use two CPUs: model-parallel below ``blas.DATA_PARALLEL_MIN_ROWS``,
     #: data-parallel from there (False: every step on the calling thread, same results)

@@ -48,6 +48,7 @@ class FusedGpuEngine(Engine):
     capture the "kernels" route into CUDA graphs (only where the runtime can)."""
 
     name = "fused"
+    whole_epochs = True
 
     def __init__(
         self,
