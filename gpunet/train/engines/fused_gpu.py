@@ -23,6 +23,8 @@ import os
 
 import numpy as np
 
+from gpunet.kernels.cpu.update_rules import N_HYPER, OPTIMIZER_CODES
+from gpunet.kernels.cuda import fused_mlp
 from gpunet.losses import CrossEntropyLoss
 from gpunet.train.engines.base import Engine
 from gpunet.train.engines.qualify import FlatState, dense_layers
@@ -63,9 +65,6 @@ class FusedGpuEngine(Engine):
         route: str | None = None,
         graphs: bool = True,
     ):
-        from gpunet.kernels.cpu.update_rules import N_HYPER, OPTIMIZER_CODES  # noqa: PLC0415
-        from gpunet.kernels.cuda import fused_mlp  # noqa: PLC0415
-
         self.backend = next(model.parameters()).backend
         if runtime is None:
             from gpunet.kernels.cuda.runtime import CupyRuntime  # noqa: PLC0415
@@ -98,14 +97,13 @@ class FusedGpuEngine(Engine):
             xp.zeros(K, np.int64),
         )
         self.epoch = fused_mlp.EpochState(xp)
-        self._fm = fused_mlp
         self._graphs: dict = {}
         self._graph_key = None
         self.data = None
 
     # ------------------------------------------------------------------ fit
     def prepare(self, X, y, batch_size: int) -> None:
-        xp, fm = self.xp, self._fm
+        xp, fm = self.xp, fused_mlp
         n = X.shape[0]
         X = xp.ascontiguousarray(X.reshape(n, -1))
         if self.loss_spec.kind == fm.CROSS_ENTROPY:
@@ -135,7 +133,7 @@ class FusedGpuEngine(Engine):
         if order is not None:
             self.order[...] = xp.asarray(order, dtype=np.int64)
         self.epoch.reset()
-        step = self._fm.FusedStep(
+        step = fused_mlp.FusedStep(
             rt, self.layers, self.state.P, self.state.G, self.state.S, opt, self.loss_spec,
             self.state.param_table,
         )  # fmt: skip
