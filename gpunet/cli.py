@@ -89,6 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--output", default=None, help="write the history as JSON here")
     t.add_argument("--save", default=None, help="write the trained weights (safetensors)")
+    t.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="write a full checkpoint after every epoch; may name fields such as "
+        "{epoch:03d} or {val_loss:.3f}",
+    )
+    t.add_argument(
+        "--keep-last", type=int, default=None, metavar="N", help="keep only N newest checkpoints"
+    )
+    t.add_argument(
+        "--resume",
+        default=None,
+        metavar="PATH",
+        help="continue from a checkpoint written by --checkpoint, up to --epochs",
+    )
     t.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     t.set_defaults(func=cmd_train)
     return parser
@@ -165,12 +181,11 @@ def cmd_train(args) -> int:
     import gpunet  # noqa: PLC0415
     from gpunet.data import Standardizer, load_dataset  # noqa: PLC0415
     from gpunet.losses import get_loss  # noqa: PLC0415
-    from gpunet.train import EarlyStopping, Trainer  # noqa: PLC0415
-    from gpunet.train.callbacks import atomic_write, check_writable  # noqa: PLC0415
+    from gpunet.train import EarlyStopping, ModelCheckpoint, Trainer  # noqa: PLC0415
+    from gpunet.train.callbacks import atomic_write  # noqa: PLC0415
+    from gpunet.train.guard import NonFiniteError  # noqa: PLC0415
 
-    for path, what in ((args.output, "--output"), (args.save, "--save")):
-        if path:  # before any data is loaded or any epoch runs
-            check_writable(path, what)
+    check_paths(args)  # before any data is loaded or any epoch runs
     gpunet.manual_seed(args.seed)
     dataset = load_dataset(args.dataset, seed=args.seed)
     X_train, X_test = dataset.X_train, dataset.X_test
@@ -188,6 +203,8 @@ def cmd_train(args) -> int:
     optimizer = build_optimizer(args, model.parameters())
     scheduler = build_scheduler(args, optimizer)
     callbacks = []
+    if args.checkpoint:
+        callbacks.append(ModelCheckpoint(args.checkpoint, keep_last=args.keep_last))
     if args.early_stopping is not None:
         callbacks.append(
             EarlyStopping(
@@ -210,15 +227,20 @@ def cmd_train(args) -> int:
         file=sys.stderr,
     )
     start = time.perf_counter()
-    history = trainer.fit(
-        X_train,
-        dataset.y_train,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        mode=args.mode,
-        seed=args.seed,
-        validation_split=args.validation_split,
-    )
+    try:
+        history = trainer.fit(
+            X_train,
+            dataset.y_train,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            mode=args.mode,
+            seed=args.seed,
+            validation_split=args.validation_split,
+            resume_from=args.resume,
+        )
+    except NonFiniteError as error:
+        print(f"gpunet: error: {error}", file=sys.stderr)
+        return 1
     train_time = time.perf_counter() - start
     test = trainer.evaluate(X_test, dataset.y_test)
     summary = {
@@ -237,6 +259,15 @@ def cmd_train(args) -> int:
         from gpunet.io import save_weights  # noqa: PLC0415
 
         save_weights(model, args.save)
+    if history.interrupted:
+        at = history.interrupted_at
+        saved = [p for p in (args.output, args.save) if p]
+        print(
+            f"gpunet: interrupted in epoch {at['epoch']} after {at['step']} steps"
+            + (f"; saved {', '.join(saved)}" if saved else ""),
+            file=sys.stderr,
+        )
+        return 130
     metric = (
         f"test accuracy {test['accuracy']:.4f}"
         if "accuracy" in test
@@ -247,6 +278,27 @@ def cmd_train(args) -> int:
         f"{history.iterations} iterations, training time {train_time:.2f}s)"
     )
     return 0
+
+
+def check_paths(args) -> None:
+    """Every path option, before any data is loaded: output files writable, the
+    checkpoint template formattable with the keys the logs will hold, the resume file a
+    readable checkpoint. Raises ValueError/OSError naming the option."""
+    from gpunet.train.callbacks import check_path_template, check_writable  # noqa: PLC0415
+    from gpunet.train.files import check_readable_file  # noqa: PLC0415
+
+    for path, what in ((args.output, "--output"), (args.save, "--save")):
+        if path:
+            check_writable(path, what)
+    if args.keep_last is not None and args.keep_last < 1:
+        raise ValueError(f"--keep-last must be at least 1, got {args.keep_last}")
+    if args.checkpoint:
+        keys = ["loss"] + (["accuracy"] if args.dataset != "synthetic-regression" else [])
+        if args.validation_split > 0:
+            keys += [f"val_{k}" for k in keys]
+        check_path_template(args.checkpoint, [*keys, "lr", "time"], "--checkpoint")
+    if args.resume:
+        check_readable_file(args.resume, "--resume checkpoint")
 
 
 def cmd_info(args) -> int:
@@ -299,9 +351,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, RuntimeError, ImportError, KeyError) as exc:
+    except (ValueError, TypeError, RuntimeError, ImportError, KeyError, OSError) as exc:
         print(f"gpunet: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside training (loading data, compiling): nothing to save
+        print("gpunet: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from gpunet.train.callbacks import atomic_write
+from gpunet.train.files import read_safetensors
 
 
 def save_weights(model, path, metadata: dict | None = None) -> None:
@@ -19,11 +18,19 @@ def save_weights(model, path, metadata: dict | None = None) -> None:
         save_file(tensors, tmp, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
 
 
-def load_weights(model, path, strict: bool = True):
-    """Load weights saved by :func:`save_weights` into ``model`` (checked first: nothing
-    is changed if a key or shape does not match)."""
-    from safetensors.numpy import load_file  # noqa: PLC0415
+def load_weights(model, path, strict: bool = True, allow_nonfinite: bool = False):
+    """Load weights saved by :func:`save_weights` (or the model part of a checkpoint
+    written by ``ModelCheckpoint``) into ``model``. Everything is checked first, and
+    nothing is changed if a key or shape does not match, or (unless
+    ``allow_nonfinite``) a value is NaN or infinite; every error names the file."""
+    from gpunet.train.checkpoint import is_checkpoint  # noqa: PLC0415
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no weights file at {path!r}")
-    return model.load_state_dict(load_file(path), strict=strict)
+    tensors, metadata = read_safetensors(path)
+    if is_checkpoint(metadata):
+        tensors = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    try:
+        model.check_state_dict(tensors, strict=strict, allow_nonfinite=allow_nonfinite)
+    except (KeyError, ValueError, TypeError) as error:
+        message = error.args[0] if error.args else str(error)
+        raise ValueError(f"cannot load weights from {str(path)!r}: {message}") from None
+    return model.load_state_dict(tensors, strict=strict)

@@ -20,3 +20,15 @@ def manual_seed(seed: int) -> np.random.Generator:
 def default_generator() -> np.random.Generator:
     """The generator used by parameter initialisation and shuffling when none is given."""
     return _generator
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffle of epoch ``epoch`` (0-based) of a fit seeded ``seed``: a permutation
+    of ``range(n)`` (int64) that depends on (seed, epoch) alone, so a run resumed at any
+    epoch shuffles as the uninterrupted one did."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def draw_seed() -> int:
+    """A fit's seed drawn from the global generator (when the caller gives none)."""
+    return int(_generator.integers(2**63))

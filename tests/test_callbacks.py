@@ -374,7 +374,7 @@ def test_model_checkpoint_saves_every_epoch_loadable(tmp_path):
     from safetensors.numpy import load_file, safe_open
 
     path = tmp_path / "ckpt" / "w-{epoch:02d}-{val_loss:.2f}.safetensors"
-    cb = ModelCheckpoint(path)
+    cb = ModelCheckpoint(path, save_weights_only=True)
     trainer, _ = run([cb], [0.5, 0.25])
     files = sorted(os.listdir(tmp_path / "ckpt"))
     assert files == ["w-01-0.50.safetensors", "w-02-0.25.safetensors"]  # no temp files left
@@ -393,7 +393,9 @@ def test_model_checkpoint_save_best_only(tmp_path):
     from safetensors.numpy import load_file
 
     path = tmp_path / "best.safetensors"
-    cb = ModelCheckpoint(str(path), monitor="val_accuracy", save_best_only=True, verbose=1)
+    cb = ModelCheckpoint(
+        str(path), monitor="val_accuracy", save_best_only=True, save_weights_only=True, verbose=1
+    )
     assert cb.mode == "max"
     logs = [{"val_accuracy": a} for a in (0.5, 0.7, 0.6, 0.65)]
     run([cb], logs)
@@ -407,9 +409,22 @@ def test_model_checkpoint_save_best_only(tmp_path):
 
 
 def test_model_checkpoint_unknown_format_field(tmp_path):
-    cb = ModelCheckpoint(tmp_path / "w-{val_f1}.safetensors")
+    cb = ModelCheckpoint(tmp_path / "w-{val_f1}.safetensors", save_weights_only=True)
     with pytest.raises(KeyError, match="val_f1"):
         run([cb], [1.0])
+    with pytest.raises(ValueError, match="val_f1.*will not have"):
+        cb.check_config(("loss", "val_loss", "lr", "time"))
+    cb.check_config(("loss", "val_f1"))  # a key the logs will hold is fine
+
+
+def test_model_checkpoint_nan_is_never_best(tmp_path):
+    path = tmp_path / "best.safetensors"
+    cb = ModelCheckpoint(str(path), save_best_only=True, save_weights_only=True)
+    with pytest.warns(UserWarning, match="never the best"):
+        run([cb], [float("nan")])
+    assert not path.exists()
+    run([cb], [float("nan"), 0.5])
+    assert cb.best == 0.5 and path.exists()
 
 
 def test_atomic_write_leaves_target_untouched_on_failure(tmp_path):
@@ -458,6 +473,9 @@ def test_history_record_without_batch_hooks():
         "epoch": [0, 1],
         "iterations": 20,
         "iterations_per_epoch": 10,
+        "interrupted": False,
+        "interrupted_at": None,
+        "stop_reason": None,
     }
     d["history"]["loss"].append(9.0)  # a copy
     assert h.history["loss"] == [1.0, 0.5]

@@ -133,8 +133,10 @@ class RecordingEngine(Engine):
     """The autograd engine, recording the calls the fit loop makes."""
 
     name = "recording"
+    trains_in_place = True
 
     def __init__(self, model, loss, optimizer, track_accuracy, calls):
+        self.model = model
         self.inner = AutogradEngine(model, loss, optimizer, track_accuracy)
         self.calls = calls
 
@@ -142,9 +144,9 @@ class RecordingEngine(Engine):
         self.calls.append(("prepare", X.shape, y.shape, batch_size))
         self.inner.prepare(X, y, batch_size)
 
-    def run_epoch(self, order=None, on_batch_end=None):
+    def run_epoch(self, order=None, on_batch_end=None, control=None):
         self.calls.append(("run_epoch", None if order is None else order.shape))
-        return self.inner.run_epoch(order, on_batch_end)
+        return self.inner.run_epoch(order, on_batch_end, control)
 
     def write_back(self):
         self.calls.append(("write_back",))

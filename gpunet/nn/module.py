@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from gpunet.autograd import Tensor
-from gpunet.backend import get_backend
+from gpunet.backend import backend_of_array, get_backend
 from gpunet.dtypes import check_float_dtype
 
 
@@ -133,7 +133,23 @@ class Module:
 
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy values into the parameters in place. All keys and shapes are checked
-        before anything is written; returns ``(missing_keys, unexpected_keys)``."""
+        before anything is written (:meth:`check_state_dict`); returns
+        ``(missing_keys, unexpected_keys)``."""
+        arrays, missing, unexpected = self.check_state_dict(state_dict, strict)
+        params = dict(self.named_parameters())
+        for name, value in arrays.items():
+            p = params[name]
+            p.data[...] = p.backend.asarray(value, dtype=p.dtype)
+        return missing, unexpected
+
+    def check_state_dict(self, state_dict, strict: bool = True, allow_nonfinite: bool = True):
+        """Check ``state_dict`` against the parameters, changing nothing: returns
+        ``(arrays, missing_keys, unexpected_keys)``, ``arrays`` {name: array} for the
+        matching keys. Raises KeyError (``strict``: any missing or unexpected key),
+        ValueError (a shape mismatch; a NaN or infinite value unless
+        ``allow_nonfinite``)."""
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
         params = dict(self.named_parameters())
         missing = [k for k in params if k not in state_dict]
         unexpected = [k for k in state_dict if k not in params]
@@ -153,11 +169,10 @@ class Module:
                     f"shape mismatch for {name!r}: checkpoint has {tuple(value.shape)}, "
                     f"model has {p.shape}"
                 )
+            if not allow_nonfinite and not bool(backend_of_array(value).xp.isfinite(value).all()):
+                raise ValueError(f"{name!r} holds NaN or infinite values")
             arrays[name] = value
-        for name, value in arrays.items():
-            p = params[name]
-            p.data[...] = p.backend.asarray(value, dtype=p.dtype)
-        return missing, unexpected
+        return arrays, missing, unexpected
 
     # ------------------------------------------------------------------- repr
     def extra_repr(self) -> str:

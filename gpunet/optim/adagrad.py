@@ -29,6 +29,7 @@ class Adagrad(Optimizer):
     """
 
     _update_name = "adagrad"
+    _state_keys = frozenset({"step", "sum"})
     _reference = staticmethod(F.adagrad_)
 
     def __init__(

@@ -31,6 +31,7 @@ class Adam(Optimizer):
     """
 
     _update_name = "adam"
+    _state_keys = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
     _reference = staticmethod(F.adam_)
 
     def __init__(

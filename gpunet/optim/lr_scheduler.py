@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import warnings
 from bisect import bisect_right
 from collections import Counter
@@ -117,8 +118,65 @@ class LRScheduler:
         return {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore attributes saved by :meth:`state_dict`."""
+        """Restore attributes saved by :meth:`state_dict` of the same scheduler class.
+
+        Checked first, changing nothing on refusal (ValueError/TypeError naming the
+        key): the same keys as this scheduler's own state dict, each value of the same
+        kind (number, bool, string, list of the same length), counts and lrs in range.
+        """
+        self.validate_state_dict(state_dict)
         self.__dict__.update(copy.deepcopy(state_dict))
+
+    def validate_state_dict(self, state_dict) -> None:
+        """Raise unless :meth:`load_state_dict` would accept ``state_dict``."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{name} state dict must be a dict, got {type(state_dict).__name__}")
+        own = self.state_dict()
+        missing, unknown = set(own) - set(state_dict), set(state_dict) - set(own)
+        if missing or unknown:
+            raise ValueError(
+                f"{name} state dict does not match: missing {sorted(missing)}, "
+                f"unknown {sorted(unknown)} (is it another scheduler's?)"
+            )
+        for key, mine in own.items():
+            _check_same_kind(name, key, state_dict[key], mine)
+        epoch = state_dict["last_epoch"]
+        if epoch < -1:
+            raise ValueError(f"{name} state dict has last_epoch={epoch}; expected >= -1")
+        if state_dict.get("_step_count", 0) < 0:
+            raise ValueError(f"{name} state dict has a negative _step_count")
+        for key in ("base_lrs", "_last_lr"):
+            lrs = state_dict.get(key)
+            if lrs is not None and not all(0.0 <= lr < math.inf for lr in lrs):
+                raise ValueError(f"{name} state dict has {key}={lrs}; expected finite lrs >= 0")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_same_kind(owner: str, key: str, value, mine) -> None:
+    """Raise TypeError unless ``value`` is of the kind of this scheduler's ``mine``."""
+    where = f"{owner} state dict's {key!r}"
+    if isinstance(mine, bool):
+        ok = isinstance(value, bool)
+    elif _is_number(mine):
+        ok = _is_number(value)
+    elif isinstance(mine, str):
+        ok = isinstance(value, str)
+    elif isinstance(mine, (list, tuple)):
+        ok = (
+            isinstance(value, (list, tuple))
+            and len(value) == len(mine)
+            and all(_is_number(v) for v in value)
+        )
+    elif isinstance(mine, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = mine is None or value is None or isinstance(value, type(mine))
+    if not ok:
+        raise TypeError(f"{where} is {value!r}, expected a value like {mine!r}")
 
 
 class StepLR(LRScheduler):

@@ -18,6 +18,8 @@ import warnings
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, ClassVar
 
+import numpy as np
+
 from gpunet.backend import backend_of_array
 
 __all__ = ["Optimizer", "required"]
@@ -65,6 +67,40 @@ def check_nonnegative(group: dict[str, Any], *names: str) -> None:
         value = group[name]
         if not 0.0 <= value:
             raise ValueError(f"Invalid {_LABELS.get(name, name + ' value')}: {value}")
+
+
+def _is_step_count(value) -> bool:
+    """A non-negative integer count: int, NumPy integer, or an integral 0-d array (as
+    torch keeps ``step``)."""
+    if isinstance(value, bool):
+        return False
+    if _is_array(value):
+        if value.ndim != 0:
+            return False
+        value = value.item()
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    return isinstance(value, (int, np.integer)) and value >= 0
+
+
+def _check_option_type(index: int, key: str, value, default) -> None:
+    """Raise TypeError unless ``value`` has the kind of ``default`` (bool, real number,
+    tuple of numbers); a ``required`` or None default accepts anything."""
+    where = f"loaded param_groups[{index}]['{key}']"
+    if default is required or default is None:
+        return
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise TypeError(f"{where} must be a bool, got {value!r}")
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{where} must be a number, got {value!r}")
+    elif isinstance(default, (tuple, list)):
+        if not isinstance(value, (tuple, list)) or len(value) != len(default):
+            raise TypeError(f"{where} must be a sequence of {len(default)} numbers, got {value!r}")
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"{where} must hold numbers, got {value!r}")
 
 
 def _typename(obj) -> str:
@@ -154,6 +190,10 @@ class Optimizer:
     _update_name: ClassVar[str | None] = None
     #: The ``xp`` reference update from :mod:`gpunet.optim.functional`.
     _reference: ClassVar[Callable | None] = None
+    #: Every key a parameter's state may hold (``load_state_dict`` refuses others).
+    _state_keys: ClassVar[frozenset] = frozenset()
+    #: Group options besides ``defaults`` that a loaded group may carry (set by schedulers).
+    _extra_group_keys: ClassVar[frozenset] = frozenset({"initial_lr"})
 
     def __init__(self, params, defaults: dict[str, Any]):
         self.defaults = defaults
@@ -318,13 +358,36 @@ class Optimizer:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`: group hyperparameters and per-parameter state.
 
-        Arrays are copied onto each parameter's device and cast to its dtype (the
-        ``"step"`` counts stay as they are). Raises ValueError, changing nothing, if
-        the group count, a group's size, a parameter index or a state array's shape
-        does not match this optimizer.
+        Arrays are copied onto each parameter's device and cast to its dtype. Everything
+        is checked before anything changes; a ValueError (TypeError for a wrong type)
+        names the first problem: missing or unknown keys, a group count or size, a
+        parameter index, an option this optimizer does not have or a value out of its
+        range, state keys of another optimizer, a missing buffer, a step that is not a
+        non-negative integer, an array's shape, or a non-finite buffer.
         """
+        new_groups, new_state = self._validated_load(state_dict)
+        self.state = new_state
+        self.param_groups = new_groups
+
+    def _validated_load(self, state_dict) -> tuple[list[dict[str, Any]], _ParamState]:
+        """The param_groups and state :meth:`load_state_dict` would install (nothing is
+        changed here)."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{name} state dict must be a dict, got {_typename(state_dict)}")
+        missing = {"state", "param_groups"} - set(state_dict)
+        if missing:
+            raise ValueError(
+                f"{name} state dict is missing {sorted(missing)} (it has {sorted(state_dict)})"
+            )
         groups = self.param_groups
         saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)) or not all(
+            isinstance(g, dict) and "params" in g for g in saved_groups
+        ):
+            raise ValueError(
+                f"{name} state dict's param_groups must be a list of dicts with 'params'"
+            )
         if len(groups) != len(saved_groups):
             raise ValueError(
                 "loaded state dict has a different number of parameter groups "
@@ -341,25 +404,76 @@ class Optimizer:
         for group, saved in zip(groups, saved_groups):
             id_map.update(zip(saved["params"], group["params"]))
 
+        new_groups = []
+        for i, (group, saved) in enumerate(zip(groups, saved_groups)):
+            new_group = {k: _deepcopy(v) for k, v in saved.items() if k != "params"}
+            unknown = set(new_group) - set(self.defaults) - self._extra_group_keys
+            if unknown:
+                raise ValueError(
+                    f"loaded param_groups[{i}] has options {sorted(unknown)} that {name} "
+                    f"does not have (its options: {sorted(self.defaults)})"
+                )
+            for k, v in group.items():
+                new_group.setdefault(k, v)
+            for key, default in self.defaults.items():
+                _check_option_type(i, key, new_group[key], default)
+            try:
+                self._check_hyperparameters(new_group)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"loaded param_groups[{i}]: {error}") from None
+            new_group["params"] = group["params"]
+            new_groups.append(new_group)
+
+        group_of = {id(p): g for g in new_groups for p in g["params"]}
+        saved_state = state_dict["state"]
+        if not isinstance(saved_state, dict):
+            raise ValueError(f"{name} state dict's 'state' must be a dict of per-parameter dicts")
         new_state = _ParamState()
-        for key, saved_state in state_dict["state"].items():
+        for key, one in saved_state.items():
             if key not in id_map:
                 raise ValueError(
                     f"loaded state dict has state for parameter index {key!r}, which is "
                     f"not in its param_groups (indices {sorted(id_map)})"
                 )
             param = id_map[key]
-            new_state[param] = self._cast_state(key, param, saved_state)
+            self._check_param_state(key, param, group_of[id(param)], one)
+            new_state[param] = self._cast_state(key, param, one)
+        return new_groups, new_state
 
-        new_groups = []
-        for group, saved in zip(groups, saved_groups):
-            new_group = {k: _deepcopy(v) for k, v in saved.items() if k != "params"}
-            for k, v in group.items():
-                new_group.setdefault(k, v)
-            new_group["params"] = group["params"]
-            new_groups.append(new_group)
-        self.state = new_state
-        self.param_groups = new_groups
+    def _check_param_state(self, index, param, group: dict[str, Any], saved: dict) -> None:
+        """Raise unless ``saved`` holds this optimizer's state for ``param`` under
+        ``group``: known keys, the buffers a fresh state has, a non-negative integer
+        ``step``, finite arrays shaped like the parameter."""
+        name = type(self).__name__
+        if not isinstance(saved, dict):
+            raise ValueError(f"loaded state of parameter {index} must be a dict")
+        unknown = set(saved) - self._state_keys
+        if unknown:
+            raise ValueError(
+                f"loaded state of parameter {index} has {sorted(unknown)}, which {name} does "
+                f"not keep (its state: {sorted(self._state_keys)}); is it another optimizer's?"
+            )
+        fresh = self._init_state(group, np, np.zeros((1,)))
+        missing = set(fresh) - set(saved)
+        if missing:
+            raise ValueError(f"loaded state of parameter {index} is missing {sorted(missing)}")
+        for key, value in saved.items():
+            if key == "step":
+                if not _is_step_count(value):
+                    raise ValueError(
+                        f"loaded state of parameter {index} has step={value!r}; expected a "
+                        "non-negative integer"
+                    )
+            elif value is None:
+                if key in fresh:
+                    raise ValueError(f"loaded state of parameter {index} has {key}=None")
+            elif not _is_array(value):
+                raise ValueError(
+                    f"loaded state of parameter {index} has {key} of type "
+                    f"{_typename(value)}; expected an array"
+                )
+            elif not bool(backend_of_array(value).xp.isfinite(value).all()):
+                raise ValueError(f"loaded state of parameter {index} has non-finite {key}")
 
     @staticmethod
     def _cast_state(index, param, saved_state: dict[str, Any]) -> dict[str, Any]:

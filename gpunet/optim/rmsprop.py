@@ -29,6 +29,7 @@ class RMSprop(Optimizer):
     """
 
     _update_name = "rmsprop"
+    _state_keys = frozenset({"step", "square_avg", "momentum_buffer", "grad_avg"})
     _reference = staticmethod(F.rmsprop_)
 
     def __init__(

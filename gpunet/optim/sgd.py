@@ -28,6 +28,7 @@ class SGD(Optimizer):
     """
 
     _update_name = "sgd"
+    _state_keys = frozenset({"momentum_buffer"})
     _reference = staticmethod(F.sgd_)
 
     def __init__(

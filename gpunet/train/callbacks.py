@@ -38,10 +38,12 @@ __all__ = [
 def atomic_write(path):
     """Context manager yielding a temporary path next to ``path``.
 
-    Write the file to the yielded path; on a clean exit it is moved over ``path`` with
-    ``os.replace`` (atomic on POSIX and Windows), so readers never see a half-written
-    file. On an exception the temporary file is removed and ``path`` is untouched.
-    Missing parent directories are created.
+    Write the file to the yielded path; on a clean exit it is flushed to disk
+    (``fsync``), given the mode a new file gets under the umask (or the mode of the file
+    it replaces) and moved over ``path`` with ``os.replace`` (atomic on POSIX and
+    Windows), so readers never see a half-written file, even after a crash or
+    ``kill -9``. On an exception the temporary file is removed and ``path`` is
+    untouched. Missing parent directories are created.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -50,11 +52,26 @@ def atomic_write(path):
     os.close(fd)
     try:
         yield tmp
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def _mode_for(path) -> int:
+    """Permission bits for a file written at ``path``: those of the file it replaces,
+    else what ``open()`` would give a new file (0o666 less the umask; mkstemp's
+    temporary files are 0o600)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def check_writable(path, what: str) -> None:
@@ -297,9 +314,28 @@ class EarlyStopping(Callback):
             return None
         return _as_float(value)
 
+    def get_state(self) -> dict:
+        """What a checkpoint keeps to resume (``best_weights`` is not kept)."""
+        return {
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+        }
+
+    def set_state(self, state: dict) -> None:
+        self.wait, self.stopped_epoch = int(state["wait"]), int(state["stopped_epoch"])
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+
     def on_epoch_end(self, epoch, logs=None) -> None:
         current = self.get_monitor_value(logs)
         if current is None or epoch < self.start_from_epoch:
+            return
+        if not math.isfinite(current):  # never the best; counts as no improvement
+            self.wait += 1
+            if self.wait >= self.patience and epoch > 0:
+                self.stopped_epoch = epoch
+                self.trainer.stop_training = True
             return
         if self.restore_best_weights and self.best_weights is None:
             # the first monitored epoch's weights are the best seen so far
@@ -445,25 +481,35 @@ def wants_batch_hooks(callbacks) -> bool:
 
 
 class ModelCheckpoint(Callback):
-    """Save the model's weights (``state_dict``) as a safetensors file after epochs.
+    """Save a checkpoint after epochs (Keras's ``ModelCheckpoint``).
 
     Args:
         filepath: target path; may hold ``str.format`` fields filled with ``epoch``
             (1-based, as Keras) and the logs, e.g.
-            ``"ckpt/w-{epoch:03d}-{val_loss:.3f}.safetensors"``.
+            ``"ckpt/w-{epoch:03d}-{val_loss:.3f}.safetensors"``. Checked when training
+            begins (fields the logs will not have, an unwritable folder), before any
+            epoch runs.
         monitor: metric compared when ``save_best_only``.
         mode: ``"min"``, ``"max"`` or ``"auto"`` (as :class:`EarlyStopping`).
         save_best_only: save only when ``monitor`` improves on the best so far; a missing
-            ``monitor`` warns and saves nothing.
+            or non-finite ``monitor`` warns and saves nothing (NaN is never the best).
+        save_weights_only: False (default): a full checkpoint (model, optimizer,
+            schedulers, generator, shuffle seed, epoch, History; see
+            :mod:`gpunet.train.checkpoint`), which ``Trainer.fit(resume_from=path)``
+            continues exactly. True: the model's weights only, a plain safetensors file
+            ``model.load_state_dict(safetensors.numpy.load_file(path))`` reads.
+        keep_last: keep only the newest ``keep_last`` files this callback wrote (None:
+            all of them).
         verbose: 1 prints each save.
 
     Files are written to a temporary file in the same directory and moved into place
-    with ``os.replace``: a crash never leaves a half-written checkpoint. Load with
-    ``safetensors.numpy.load_file(path)`` and ``model.load_state_dict``. Metadata holds
-    ``epoch`` (1-based) and the logged metrics as strings.
+    with ``os.replace``: a crash (even ``kill -9``) never leaves a half-written
+    checkpoint, and the previous one stays whole. ``gpunet.io.load_weights`` reads the
+    weights of either kind.
 
     Attributes: ``best`` (monitored value of the last save when ``save_best_only``),
-    ``last_saved`` (path of the last file written, or None).
+    ``last_saved`` (path of the last file written, or None), ``saved`` (the paths
+    written, oldest first, that still exist).
     """
 
     def __init__(
@@ -472,16 +518,25 @@ class ModelCheckpoint(Callback):
         monitor: str = "val_loss",
         mode: str = "auto",
         save_best_only: bool = False,
+        save_weights_only: bool = False,
+        keep_last: int | None = None,
         verbose: int = 0,
     ):
         super().__init__()
+        if keep_last is not None and (
+            isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
+        ):
+            raise ValueError(f"keep_last must be a positive int or None, got {keep_last!r}")
         self.filepath = os.fspath(filepath)
         self.monitor = monitor
         self.save_best_only = save_best_only
+        self.save_weights_only = save_weights_only
+        self.keep_last = keep_last
         self.verbose = verbose
         self.mode = _resolve_mode(mode, monitor, "ModelCheckpoint")
         self.best = math.inf if self.mode == "min" else -math.inf
         self.last_saved = None
+        self.saved: list[str] = []
 
     def __repr__(self) -> str:
         return (
@@ -489,8 +544,22 @@ class ModelCheckpoint(Callback):
             f"mode={self.mode!r}, save_best_only={self.save_best_only})"
         )
 
+    def check_config(self, log_keys) -> None:
+        """Raise ValueError unless the path template formats with the keys every
+        epoch's logs will hold and its folder can be written (called by the fit loop
+        before training)."""
+        check_path_template(self.filepath, log_keys, "ModelCheckpoint filepath")
+
+    def get_state(self) -> dict:
+        return {"best": self.best, "saved": list(self.saved)}
+
+    def set_state(self, state: dict) -> None:
+        self.best = float(state["best"])
+        self.saved = [p for p in state.get("saved", []) if os.path.exists(p)]
+
     def on_train_begin(self, logs=None) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf
+        self.saved = []
 
     def _format_path(self, epoch: int, logs: dict) -> str:
         fields = {k: _plain(v) for k, v in logs.items() if k != "epoch"}
@@ -513,16 +582,40 @@ class ModelCheckpoint(Callback):
                 )
                 return
             current = _as_float(logs[self.monitor])
+            if not math.isfinite(current):
+                warnings.warn(
+                    f"ModelCheckpoint: {self.monitor} is {current} at epoch {epoch + 1}; "
+                    "not saved (a non-finite value is never the best)",
+                    stacklevel=2,
+                )
+                return
             better = current < self.best if self.mode == "min" else current > self.best
             if not better:
                 return
             self.best = current
         path = self._format_path(epoch, logs)
-        metadata = {"epoch": str(epoch + 1)}
-        metadata.update({str(k): str(_plain(v)) for k, v in logs.items() if k != "epoch"})
-        self.save(path, metadata)
+        if self.save_weights_only or self.trainer is None:
+            metadata = {"epoch": str(epoch + 1)}
+            metadata.update({str(k): str(_plain(v)) for k, v in logs.items() if k != "epoch"})
+            self.save(path, metadata)
+        else:
+            self.trainer.save_checkpoint(path)
+            self.last_saved = os.fspath(path)
+        self._rotate(path)
         if self.verbose > 0:
-            print(f"Epoch {epoch + 1}: saved model weights to {path}")
+            print(f"Epoch {epoch + 1}: saved checkpoint to {path}")
+
+    def _rotate(self, path) -> None:
+        path = os.fspath(path)
+        if path in self.saved:
+            self.saved.remove(path)
+        self.saved.append(path)
+        if self.keep_last is None:
+            return
+        while len(self.saved) > self.keep_last:
+            old = self.saved.pop(0)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(old)
 
     def save(self, path, metadata=None) -> None:
         """Write the model's ``state_dict`` to ``path`` atomically (safetensors)."""
@@ -534,3 +627,22 @@ class ModelCheckpoint(Callback):
         with atomic_write(path) as tmp:
             save_file(tensors, tmp, metadata=metadata)
         self.last_saved = os.fspath(path)
+
+
+def check_path_template(template, log_keys, what: str) -> str:
+    """The path ``template`` gives for epoch 1 with every key of ``log_keys``; raises
+    ValueError naming ``what`` when a field is unknown or malformed, or the folder
+    cannot be written."""
+    template = os.fspath(template)
+    sample = {k: 0.5 for k in log_keys if k != "epoch"}
+    try:
+        path = template.format(epoch=1, **sample)
+    except KeyError as exc:
+        raise ValueError(
+            f"{what} {template!r} names {exc}, which the logs will not have (available: "
+            f"epoch, {', '.join(k for k in log_keys if k != 'epoch')})"
+        ) from None
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"{what} {template!r} is not a valid format string: {exc}") from None
+    check_writable(path, what)
+    return path

@@ -21,6 +21,10 @@ class History(Callback):
         iterations: optimizer steps taken in total.
         iterations_per_epoch: optimizer steps in the last recorded epoch (None until
             known).
+        interrupted: True when Ctrl-C ended the fit (``interrupted_at``: the 1-based
+            epoch and the steps of it that ran; that partial epoch is not recorded).
+        stop_reason: why training stopped early on its own (a non-finite loss with
+            ``on_nonfinite="stop"``), else None.
 
     As a callback it records ``on_epoch_end`` and counts ``on_batch_end`` calls. A fit
     loop that does not report batches calls ``record(epoch, logs, iterations=n)``
@@ -33,6 +37,9 @@ class History(Callback):
         self.epoch: list[int] = []
         self.iterations = 0
         self.iterations_per_epoch: int | None = None
+        self.interrupted = False
+        self.interrupted_at: dict | None = None
+        self.stop_reason: str | None = None
         self._epoch_batches = 0
 
     # ---------------------------------------------------------------- recording
@@ -91,6 +98,9 @@ class History(Callback):
             "epoch": list(self.epoch),
             "iterations": self.iterations,
             "iterations_per_epoch": self.iterations_per_epoch,
+            "interrupted": self.interrupted,
+            "interrupted_at": self.interrupted_at,
+            "stop_reason": self.stop_reason,
         }
 
     @classmethod
@@ -104,6 +114,9 @@ class History(Callback):
         h.iterations = int(data.get("iterations", 0))
         per_epoch = data.get("iterations_per_epoch")
         h.iterations_per_epoch = None if per_epoch is None else int(per_epoch)
+        h.interrupted = bool(data.get("interrupted", False))
+        h.interrupted_at = data.get("interrupted_at")
+        h.stop_reason = data.get("stop_reason")
         return h
 
     def to_json(self, path, indent: int | None = 2) -> None:

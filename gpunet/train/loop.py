@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -17,10 +18,18 @@ from tqdm.auto import tqdm
 
 from gpunet.autograd import Tensor, no_grad
 from gpunet.losses import get_loss
-from gpunet.random import default_generator
+from gpunet.random import draw_seed, epoch_permutation
 from gpunet.train import validation as check
 from gpunet.train.callbacks import CallbackList, LRSchedulerCallback, wants_batch_hooks
+from gpunet.train.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from gpunet.train.engines import select_engine
+from gpunet.train.engines.base import StepControl
+from gpunet.train.guard import (
+    INTERRUPT_POLICIES,
+    NONFINITE_POLICIES,
+    NonFiniteError,
+    ctrl_c_stops,
+)
 from gpunet.train.history import History
 from gpunet.train.metrics import correct_count, resolve_metrics, uses_class_indices
 
@@ -58,6 +67,15 @@ class Trainer:
     ``gpunet.train.engines.Engine``.
     ``flush_denormals``: on CPU, treat subnormal floats as zero during training (they
     slow small-batch training several-fold); results differ only below 1e-38.
+    ``on_nonfinite``: what a NaN or infinite loss or parameter does. "raise" (default)
+    restores the model and optimizer to the end of the last good epoch and raises
+    :class:`~gpunet.train.guard.NonFiniteError` naming the epoch and step; "stop"
+    restores the same state, warns and returns the History (Keras's ``TerminateOnNaN``,
+    which however keeps the bad weights); "warn" warns once and trains on.
+    ``on_interrupt``: Ctrl-C stops training at the next step boundary (every parameter
+    updated by the same steps); "stop" (default) returns the History with
+    ``history.interrupted = True``, "raise" then raises KeyboardInterrupt. A second
+    Ctrl-C raises at once.
     """
 
     def __init__(
@@ -73,9 +91,19 @@ class Trainer:
         flush_denormals: bool = True,
         progress: bool = True,
         verbose: int = 1,
+        on_nonfinite: str = "raise",
+        on_interrupt: str = "stop",
     ):
         if isinstance(loss, str):
             loss = get_loss(loss)
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}"
+            )
+        if on_interrupt not in INTERRUPT_POLICIES:
+            raise ValueError(
+                f"on_interrupt must be one of {INTERRUPT_POLICIES}, got {on_interrupt!r}"
+            )
         if not (callable(engine) or (isinstance(engine, str) and engine in ENGINES)):
             raise ValueError(
                 f"unknown engine {engine!r}; expected one of {ENGINES} or a factory callable"
@@ -91,8 +119,14 @@ class Trainer:
         self.engine_choice = engine
         self.flush_denormals = flush_denormals
         self.progress, self.verbose = progress, verbose
+        self.on_nonfinite, self.on_interrupt = on_nonfinite, on_interrupt
         self.stop_training = False
         self.engine_name = None
+        self.history = None  # the running fit's History
+        self.seed = None  # the running fit's shuffle seed
+        self.epochs_done = 0  # epochs completed by the running fit (resumed ones included)
+        self.log_keys = ()  # the keys every epoch's logs will hold (known before epoch 1)
+        self.control = None  # the running fit's StepControl (stop requests, steps done)
         self._workspaces = {}  # the fused engine's scratch, kept across fit() calls
 
     # ------------------------------------------------------------------ data
@@ -138,6 +172,31 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------- fit
+    @property
+    def schedulers(self) -> list:
+        """The schedulers the callbacks step, in order."""
+        return [cb.scheduler for cb in self.callbacks if isinstance(cb, LRSchedulerCallback)]
+
+    def save_checkpoint(self, path) -> None:
+        """Write everything needed to resume this run to ``path`` (model, optimizer,
+        schedulers, gpunet's generator, shuffle seed, epochs done, History, callback
+        state), atomically; see :mod:`gpunet.train.checkpoint`."""
+        states = {}
+        for i, cb in enumerate(self.callbacks):
+            get_state = getattr(cb, "get_state", None)
+            if get_state is not None:
+                states[f"{i}:{type(cb).__name__}"] = get_state()
+        save_checkpoint(
+            path,
+            self.model,
+            self.optimizer,
+            self.schedulers,
+            epochs_done=self.epochs_done,
+            seed=self.seed,
+            history=self.history,
+            callbacks=states,
+        )
+
     def fit(
         self,
         x,
@@ -150,14 +209,26 @@ class Trainer:
         seed: int | None = None,
         validation_data=None,
         validation_split: float = 0.0,
+        resume_from=None,
     ) -> History:
-        """Train for ``epochs`` epochs; returns the History of per-epoch values."""
+        """Train until epoch ``epochs``; returns the History of per-epoch values.
+
+        Epoch ``e``'s shuffle is :func:`gpunet.random.epoch_permutation` of (seed, e);
+        without a ``seed`` one is drawn from gpunet's global generator.
+        ``resume_from``: a checkpoint written by ``ModelCheckpoint`` / ``save_checkpoint``.
+        Model, optimizer, schedulers, generator, History and callback state are restored
+        from it (after checking all of it: nothing changes if it does not fit), its seed
+        is used unless ``seed`` is given, and training continues from the epoch after
+        the checkpoint's up to ``epochs`` (the last epoch, as Keras's ``initial_epoch``):
+        the same weights, bit for bit, as the run that was never stopped.
+        """
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
             raise ValueError(f"epochs must be a positive int, got {epochs!r}")
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
         if validation_split and validation_data is not None:
             raise ValueError("give validation_data or validation_split, not both")
+        checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
         if validation_split:  # Keras: the last fraction of the samples, before shuffling
             n_all = len(x)
             n_val = int(math.floor(n_all * validation_split))
@@ -177,12 +248,28 @@ class Trainer:
         n = X.shape[0]
         batch_size = batch_size_for_mode(mode, batch_size if batch_size is not None else n, n)
         iterations = math.ceil(n / batch_size)
-        rng = default_generator() if seed is None else np.random.default_rng(seed)
+        self.log_keys = self._log_keys(val is not None)
+        self.callbacks.set_trainer(self)
+        for cb in self.callbacks:  # e.g. checkpoint paths, before any state changes
+            check_config = getattr(cb, "check_config", None)
+            if check_config is not None:
+                check_config(self.log_keys)
         engine = self._select_engine()
+        history = History()
+        first_epoch = 0
+        if checkpoint is not None:
+            restore_checkpoint(checkpoint, self.model, self.optimizer, self.schedulers)
+            if checkpoint.history is not None:
+                history = History.from_dict(checkpoint.history)
+            first_epoch = checkpoint.epochs_done
+            if seed is None:
+                seed = checkpoint.seed
+        self.seed = draw_seed() if seed is None else int(seed)
+        self.history, self.epochs_done = history, first_epoch
         engine.prepare(X, Y, batch_size)  # once per fit: the data in the engine's layout
         self.engine_name = engine.name
-        history = History()
         history.iterations_per_epoch = iterations
+        history.interrupted = False
         if self.verbose:
             print(
                 f"gpunet: {regime_name(batch_size, n)}, {iterations} iterations/epoch, "
@@ -191,60 +278,167 @@ class Trainer:
             )
 
         self.stop_training = False
-        self.callbacks.set_trainer(self)
-        xp = self.backend.xp
+        control = self.control = StepControl(stop_on_nonfinite=self.on_nonfinite != "warn")
         # bars only on a terminal (a log file or pipe gets one line per epoch); a fused
         # engine's epoch is one call, so its bar counts epochs
         interactive = self.progress and _is_terminal(sys.stderr)
         epoch_bar = tqdm(
             total=epochs,
+            initial=first_epoch,
             desc="training",
             unit="epoch",
             disable=not (interactive and engine.whole_epochs),
             leave=False,
             file=sys.stderr,
         )
-        with self.backend.training_context(self.flush_denormals), epoch_bar:
+        logs = {}
+        with (
+            self.backend.training_context(self.flush_denormals),
+            epoch_bar,
+            ctrl_c_stops(control),
+        ):
             self.callbacks.on_train_begin({})
-            for epoch in range(epochs):
+            if checkpoint is not None:
+                self._restore_callback_states(checkpoint.callbacks)
+            for epoch in range(first_epoch, epochs):
+                if control.stop_requested:
+                    self._interrupted(history, epoch, 0, iterations)
+                    break
+                control.reset()
                 self.callbacks.on_epoch_begin(epoch, {})
-                lr = self.optimizer.param_groups[0]["lr"]
-                # a full batch is one step whatever the order; otherwise the engine
-                # gathers each batch's rows (no shuffled copy of the data set)
-                order = xp.asarray(rng.permutation(n)) if shuffle and batch_size < n else None
-                self.model.train()
-                start = time.perf_counter()
-                with tqdm(
-                    total=n,
-                    desc=f"epoch {epoch + 1}/{epochs}",
-                    unit="sample",
-                    disable=not (interactive and not engine.whole_epochs),
-                    leave=False,
-                    file=sys.stderr,
-                ) as bar:
-                    on_batch = self._batch_hook(bar, batch_size, n)
-                    with self.backend.epoch_context(batch_size):
-                        loss_sum, correct = engine.run_epoch(order, on_batch)
-                        # model and optimizer as autograd leaves them, before validation,
-                        # History and callbacks read them
-                        engine.write_back()
-                    bar.update(n - bar.n)
-                epoch_bar.update(1)
-                logs = {"loss": loss_sum / n}
-                if correct is not None:
-                    logs["accuracy"] = correct / n
+                logs = self._run_epoch(engine, control, epoch, epochs, n, batch_size, shuffle)
+                if logs is None:  # stopped inside the epoch (non-finite "stop", Ctrl-C)
+                    break
                 if val is not None:
                     logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val).items()})
-                logs["lr"] = lr
-                logs["time"] = time.perf_counter() - start
+                logs["lr"] = logs.pop("lr")
+                logs["time"] = logs.pop("time")
                 history.record(epoch, logs, iterations)
+                self.epochs_done = epoch + 1
                 self.callbacks.on_epoch_end(epoch, logs)
                 if self.verbose:
                     tqdm.write(self._epoch_line(epoch, epochs, logs), file=sys.stderr)
+                epoch_bar.update(1)
                 if self.stop_training:
                     break
-            self.callbacks.on_train_end(logs)
+            if not history.interrupted:
+                self.callbacks.on_train_end(logs)
+        if history.interrupted and self.on_interrupt == "raise":
+            raise KeyboardInterrupt
         return history
+
+    def _run_epoch(self, engine, control, epoch, epochs, n, batch_size, shuffle):
+        """One epoch through ``engine``; its logs (loss, accuracy, lr, time), or None
+        when training ends inside it."""
+        history = self.history
+        lr = self.optimizer.param_groups[0]["lr"]
+        xp = self.backend.xp
+        # a full batch is one step whatever the order; otherwise the engine gathers each
+        # batch's rows (no shuffled copy of the data set)
+        order = None
+        if shuffle and batch_size < n:
+            order = xp.asarray(epoch_permutation(self.seed, epoch, n))
+        guard = self.on_nonfinite != "warn"
+        # an engine training the model's own arrays cannot simply not write back
+        snapshot = self._snapshot() if guard and engine.trains_in_place else None
+        self.model.train()
+        iterations = math.ceil(n / batch_size)
+        interactive = self.progress and _is_terminal(sys.stderr)
+        start = time.perf_counter()
+        with tqdm(
+            total=n,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            unit="sample",
+            disable=not (interactive and not engine.whole_epochs),
+            leave=False,
+            file=sys.stderr,
+        ) as bar:
+            on_batch = self._batch_hook(bar, batch_size, n)
+            with self.backend.epoch_context(batch_size):
+                loss_sum, correct = engine.run_epoch(order, on_batch, control)
+                bad = control.nonfinite_step
+                if bad < 0 and not engine.parameters_finite():
+                    bad = max(control.steps - 1, 0)
+                if bad >= 0 and guard:
+                    if snapshot is not None:
+                        self._restore(snapshot)
+                    return self._nonfinite(epoch, bad, iterations)
+                # model and optimizer as autograd leaves them, before validation,
+                # History and callbacks read them
+                engine.write_back()
+            bar.update(n - bar.n)
+        if bad >= 0:
+            self._warn_nonfinite(epoch, bad, iterations)
+        if control.stop_requested and control.steps < iterations:
+            self._interrupted(history, epoch, control.steps, iterations)
+            return None
+        logs = {"loss": loss_sum / n}
+        if correct is not None:
+            logs["accuracy"] = correct / n
+        logs["lr"] = lr
+        logs["time"] = time.perf_counter() - start
+        return logs
+
+    def _log_keys(self, validation: bool) -> tuple:
+        keys = ["loss"] + (["accuracy"] if self.metrics else [])
+        if validation:
+            keys += [f"val_{k}" for k in keys]
+        return (*keys, "lr", "time")
+
+    def _snapshot(self):
+        """Copies of the parameters and the optimizer's state dict."""
+        params = [p.data.copy() for p in self.model.parameters()]
+        return params, self.optimizer.state_dict()
+
+    def _restore(self, snapshot) -> None:
+        params, optimizer_state = snapshot
+        for p, saved in zip(self.model.parameters(), params):
+            p.data[...] = saved
+            p.grad = None
+        self.optimizer.state, self.optimizer.param_groups = self.optimizer._validated_load(
+            optimizer_state
+        )[::-1]
+
+    def _nonfinite(self, epoch, bad, iterations):
+        where = f"epoch {epoch + 1}, step {bad + 1} of {iterations}"
+        kept = f"end of epoch {epoch}" if epoch > 0 else "start of training"
+        message = (
+            f"non-finite loss or weights at {where}; the model and "
+            f"optimizer are as at the {kept}. Try a lower learning rate, gradient "
+            "clipping or float64."
+        )
+        if self.on_nonfinite == "raise":
+            raise NonFiniteError(message, epoch + 1, bad + 1, self.history)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        self.history.stop_reason = message
+        return None
+
+    def _warn_nonfinite(self, epoch, bad, iterations) -> None:
+        if not getattr(self, "_warned_nonfinite", False):
+            warnings.warn(
+                f"non-finite loss or weights at epoch {epoch + 1}, step {bad + 1} of "
+                f"{iterations}; training goes on (on_nonfinite='warn')",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            self._warned_nonfinite = True
+
+    def _interrupted(self, history, epoch, steps, iterations) -> None:
+        history.interrupted = True
+        history.interrupted_at = {"epoch": epoch + 1, "step": steps}
+        if self.verbose:
+            print(
+                f"gpunet: interrupted in epoch {epoch + 1} after {steps} of {iterations} "
+                "steps; the model holds the weights after that step",
+                file=sys.stderr,
+            )
+
+    def _restore_callback_states(self, states: dict) -> None:
+        for i, cb in enumerate(self.callbacks):
+            state = states.get(f"{i}:{type(cb).__name__}")
+            set_state = getattr(cb, "set_state", None)
+            if state is not None and set_state is not None:
+                set_state(state)
 
     def _batch_hook(self, bar, batch_size, n):
         wants_batches = wants_batch_hooks(self.callbacks)
@@ -337,6 +531,9 @@ def fit(
     flush_denormals: bool = True,
     progress: bool = True,
     verbose: int = 1,
+    on_nonfinite: str = "raise",
+    on_interrupt: str = "stop",
+    resume_from=None,
 ) -> History:
     """Functional form of :meth:`Trainer.fit` (see there for the arguments)."""
     trainer = Trainer(
@@ -350,6 +547,8 @@ def fit(
         flush_denormals=flush_denormals,
         progress=progress,
         verbose=verbose,
+        on_nonfinite=on_nonfinite,
+        on_interrupt=on_interrupt,
     )
     return trainer.fit(
         x,
@@ -361,6 +560,7 @@ def fit(
         seed=seed,
         validation_data=validation_data,
         validation_split=validation_split,
+        resume_from=resume_from,
     )
 
 

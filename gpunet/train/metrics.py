@@ -3,6 +3,7 @@ the batch) so epoch values are exact sample-weighted means."""
 
 from __future__ import annotations
 
+from gpunet.backend import backend_of_array
 from gpunet.losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss
 
 CLASSIFICATION_LOSSES = (CrossEntropyLoss, NLLLoss, BCEWithLogitsLoss, BCELoss)
@@ -21,11 +22,14 @@ def correct_count(output, target, loss) -> int:
 
     output: (N, C) scores for class-index losses (argmax), else the same shape as the
     target: logits for BCEWithLogitsLoss (threshold 0), probabilities for BCELoss (0.5).
+    A row of ``output`` holding NaN or an infinity is never correct.
     Returns a device scalar (call ``int()`` when needed) to avoid a sync per batch."""
+    xp = backend_of_array(output).xp
     if uses_class_indices(loss):
-        return (output.argmax(axis=1) == target).sum()
+        finite = xp.isfinite(output).all(axis=1)
+        return ((output.argmax(axis=1) == target) & finite).sum()
     threshold = 0.0 if isinstance(loss, BCEWithLogitsLoss) else 0.5
-    return ((output > threshold) == (target > 0.5)).sum()
+    return (((output > threshold) == (target > 0.5)) & xp.isfinite(output)).sum()
 
 
 def resolve_metrics(metrics, loss) -> list[str]:

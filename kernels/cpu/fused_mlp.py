@@ -314,6 +314,7 @@ def train_epoch(
     flags,
     shared,
     G_b,
+    control,
 ):
     """Train over ``X`` (N, F) in batches of ``batch_size``; the targets are ``labels``
     (N,) int64 for cross-entropy or ``targets`` (N, K) float for MSE (the other one is
@@ -330,6 +331,9 @@ def train_epoch(
     parameter), ``shared`` (float64, :func:`shared_size`) and ``G_b`` (like ``G``); an
     empty ``flags`` runs every step here (with the same sums). On return the worker has
     finished its last task; stopping it is the caller's.
+    ``control`` (4,) int64 (``gpunet.train.engines.base.StepControl``): ``[stop request,
+    steps done, first non-finite step or -1, end the epoch at a non-finite loss]``;
+    checked and updated between steps (:func:`end_of_step`).
     Returns ``(loss_sum, correct)``: batch-mean losses times batch sizes, summed, and the
     number of correct arg-max predictions (cross-entropy only).
     """
@@ -393,6 +397,8 @@ def train_epoch(
             )
             correct += step_correct
             loss_sum += batch_loss(loss_kind, total, nb, layers[n_layers - 1, 1], mean_reduction)
+            if end_of_step(control, total):
+                break
             continue
         if two_threads and model_parallel_rows(nb):
             total, step_correct, generation, count = model_parallel_step(
@@ -430,6 +436,8 @@ def train_epoch(
             )
             correct += step_correct
             loss_sum += batch_loss(loss_kind, total, nb, layers[n_layers - 1, 1], mean_reduction)
+            if end_of_step(control, total):
+                break
             continue
         if gather:
             xb = x_rows[: nb * n_features].reshape((nb, n_features))
@@ -460,6 +468,8 @@ def train_epoch(
         )
         correct += batch_correct
         loss_sum += batch_loss(loss_kind, total, nb, layers[n_layers - 1, 1], mean_reduction)
+        if not np.isfinite(total) and halt_before_update(control):
+            break
         # --------------------------------------------------------- backward
         for l in range(n_layers - 1, -1, -1):
             n_in, n_out, wp, bp, act = (
@@ -536,4 +546,26 @@ def train_epoch(
                     opt_kind, P, G, S1, S2, S3, H, steps, firsts, bp, b_off, b_off + n_out, do_flush
                 )
                 firsts[bp] = 0
+        if end_of_step(control, 0.0):  # a non-finite loss was handled before the update
+            break
     return loss_sum, correct
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def halt_before_update(control):
+    """A step's loss is not finite: record the step; True when the epoch ends before
+    its update."""
+    if control[2] < 0:
+        control[2] = control[1]
+    return control[3] != 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def end_of_step(control, loss_total):
+    """After a step's update (``loss_total`` its loss sum, checked when the step's route
+    computes the loss with the update): count it; True when the epoch ends here (a stop
+    request, or a non-finite loss that ends the epoch; that step is not counted)."""
+    if not np.isfinite(loss_total) and halt_before_update(control):
+        return True
+    control[1] += 1
+    return control[0] != 0

@@ -17,6 +17,7 @@ Parameter table ``params`` (K, 2) int64: ``offset, size`` into the flat buffer `
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from gpunet.kernels.cpu.blas import (
@@ -217,14 +218,17 @@ def folded_sweep(p, buf, h, step, first, scale_after):
 # ------------------------------------------------------------------- losses
 @njit(cache=True, error_model="numpy")
 def _correct_count(logits, target):
-    """Rows whose arg-max (first maximum, like ``np.argmax``) equals the target."""
+    """Rows whose arg-max (first maximum, like ``np.argmax``) equals the target; a row
+    holding NaN or an infinity is never correct."""
     correct = 0
     for r in range(logits.shape[0]):
         arg = 0
+        finite = np.isfinite(logits[r, 0])
         for k in range(1, logits.shape[1]):
+            finite = finite and np.isfinite(logits[r, k])
             if logits[r, k] > logits[r, arg]:
                 arg = k
-        correct += arg == target[r]
+        correct += finite and arg == target[r]
     return correct
 
 

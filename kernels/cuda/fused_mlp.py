@@ -100,17 +100,20 @@ class Workspace:
 
 
 class EpochState:
-    """The device-side counters of an epoch: the batch cursor, the loss sum (float64)
-    and the correct count."""
+    """The device-side counters of an epoch: the batch cursor, the loss sum (float64),
+    the correct count and the row offset of the first step whose loss was not finite
+    (-1: none)."""
 
     def __init__(self, xp):
         self.cursor = xp.zeros(1, np.int64)
         self.loss_sum = xp.zeros(1, np.float64)
         self.correct = xp.zeros(1, np.int64)
+        self.first_bad = xp.full(1, -1, np.int64)
 
     def reset(self):
         for a in (self.cursor, self.loss_sum, self.correct):
             a.fill(0)
+        self.first_bad.fill(-1)
 
 
 class FusedStep:
@@ -167,8 +170,9 @@ class FusedStep:
         else:
             loss_ops.mse(rt, out, ws.targets, scale, ws.losses, grad, ws.correct)
         loss_ops.accumulate_loss(
-            rt, ws.losses, ws.correct, weight, epoch.loss_sum, epoch.correct, epoch.cursor, rows
-        )
+            rt, ws.losses, ws.correct, weight, epoch.loss_sum, epoch.correct, epoch.cursor, rows,
+            epoch.first_bad,
+        )  # fmt: skip
 
     def _backward(self, ws: Workspace, route: str):
         rt, layers = self.rt, self.layers

@@ -5,7 +5,8 @@
 //   losses[i]     = (1 - s) * nll_i + s * mean_j(-log p_ij)   (label smoothing s)
 //                 = -sum_j q_ij log p_ij,  q_ij = (1 - s) [j == target[i]] + s / c
 //   dlogits[i, j] = grad_scale * (p_ij - q_ij)
-//   correct[i]    = argmax_j logits[i, j] == target[i]   (first maximal index, as np.argmax)
+//   correct[i]    = argmax_j logits[i, j] == target[i]   (first maximal index, as np.argmax;
+//                   0 when the row holds NaN or an infinity)
 //   Stable: the row max is subtracted before exp; the row sums accumulate in double (as
 //   the CPU kernel's). dlogits may alias logits (in place). One thread per row (any c).
 // mse: per row i of pred, target (n, m), d = pred - target:
@@ -17,6 +18,8 @@
 //   loss_acc[0]    += weight * sum_i losses[i]   (double, in a fixed order: thread t sums
 //                     rows t, t + blockDim.x, ..., then a shared-memory tree)
 //   correct_acc[0] += sum_i correct[i]
+//   first_bad[0]    = cursor[0] if the step's loss sum is NaN or infinite and first_bad[0]
+//                     is still negative (the row offset of the epoch's first bad step)
 //   cursor[0]      += advance   (after the step's gather has read it)
 //
 // Reductions (the CPU fused epoch, kernels/cpu/fused_step.py: _cross_entropy, _mse,
@@ -42,8 +45,10 @@ __device__ void softmax_xent(int n, int c, const T* logits, const long long* tar
         // the max and its first index (strict >: the first of equal maxima wins)
         T mx = row[0];
         int arg = 0;
+        bool finite = row[0] - row[0] == T(0);
         for (int j = 1; j < c; ++j) {
             T v = row[j];
+            finite = finite && v - v == T(0);
             if (v > mx) {
                 mx = v;
                 arg = j;
@@ -66,7 +71,7 @@ __device__ void softmax_xent(int n, int c, const T* logits, const long long* tar
             double pq = (double)out[j] * inv - off - (j == t ? on : 0.0);
             out[j] = T(pq) * grad_scale;
         }
-        correct[i] = arg == t;
+        correct[i] = arg == t && finite;  // a row with NaN or an infinity never is
     }
 }
 
@@ -91,7 +96,7 @@ __device__ void mse(int n, int m, const T* pred, const T* target, T grad_scale, 
 template <typename T>
 __device__ void accumulate_loss(int n, const T* losses, const int* correct, double weight,
                                 double* loss_acc, long long* correct_acc, long long* cursor,
-                                long long advance) {
+                                long long* first_bad, long long advance) {
     GN_DYNAMIC_SHARED(double, sums);  // [blockDim.x] losses, then [blockDim.x] counts
     long long* counts = reinterpret_cast<long long*>(sums + blockDim.x);
     const int tid = threadIdx.x;
@@ -112,7 +117,9 @@ __device__ void accumulate_loss(int n, const T* losses, const int* correct, doub
         __syncthreads();
     }
     if (tid == 0) {
-        loss_acc[0] += weight * sums[0];
+        const double step_sum = sums[0];
+        if (!(step_sum - step_sum == 0.0) && first_bad[0] < 0) first_bad[0] = cursor[0];
+        loss_acc[0] += weight * step_sum;
         correct_acc[0] += counts[0];
         cursor[0] += advance;
     }
@@ -135,9 +142,10 @@ __device__ void accumulate_loss(int n, const T* losses, const int* correct, doub
     GN_EXPORT(mse_##suffix)                                                                 \
     extern "C" __global__ void accumulate_loss_##suffix(                                    \
         int n, const T* losses, const int* correct, double weight, double* loss_acc,        \
-        long long* correct_acc, long long* cursor, long long advance) {                     \
+        long long* correct_acc, long long* cursor, long long* first_bad,                    \
+        long long advance) {                                                                \
         accumulate_loss<T>(n, losses, correct, weight, loss_acc, correct_acc, cursor,       \
-                           advance);                                                        \
+                           first_bad, advance);                                             \
     }                                                                                       \
     GN_EXPORT(accumulate_loss_##suffix)
 

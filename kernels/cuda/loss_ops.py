@@ -152,19 +152,26 @@ def mse(rt, pred, target, grad_scale, losses, grad, correct):
     return losses, grad
 
 
-def accumulate_loss(rt, losses, correct, weight, loss_acc, correct_acc, cursor, advance):
+def accumulate_loss(
+    rt, losses, correct, weight, loss_acc, correct_acc, cursor, advance, first_bad=None
+):
     """One block: ``loss_acc[0] += weight * sum(losses)`` (float64, summed in a fixed
     order, so the same bits on every run), ``correct_acc[0] += sum(correct)``, then
-    ``cursor[0] += advance``. ``losses`` (n,) T, ``correct`` (n,) int32, ``loss_acc`` (1,)
-    float64, ``correct_acc`` and ``cursor`` (1,) int64; ``weight`` from
+    ``cursor[0] += advance``; when ``sum(losses)`` is not finite and ``first_bad[0] < 0``,
+    ``first_bad[0] = cursor[0]`` first (the row offset of the first bad step). ``losses``
+    (n,) T, ``correct`` (n,) int32, ``loss_acc`` (1,) float64, ``correct_acc``,
+    ``cursor`` and ``first_bad`` (1,) int64 (None: a scratch one); ``weight`` from
     :func:`loss_scales`."""
+    if first_bad is None:
+        first_bad = rt.xp.full(1, -1, np.int64)
     (n,) = losses.shape
     _check(correct.shape == (n,), f"correct {correct.shape} != losses {losses.shape}")
     _check_dtype(correct, np.int32, "correct")
     _check_dtype(loss_acc, np.float64, "loss_acc")
     _check_dtype(correct_acc, np.int64, "correct_acc")
     _check_dtype(cursor, np.int64, "cursor")
-    _check(loss_acc.size >= 1 and correct_acc.size >= 1 and cursor.size >= 1, "empty sums")
+    _check_dtype(first_bad, np.int64, "first_bad")
+    _check(min(loss_acc.size, correct_acc.size, cursor.size, first_bad.size) >= 1, "empty sums")
     _check_contiguous(losses, correct)
     rt.launch(
         LOSS,
@@ -179,6 +186,7 @@ def accumulate_loss(rt, losses, correct, weight, loss_acc, correct_acc, cursor, 
             loss_acc,
             correct_acc,
             cursor,
+            first_bad,
             np.int64(advance),
         ),
         shared_mem=2 * _ACCUMULATE_THREADS * 8,

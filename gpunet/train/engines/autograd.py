@@ -12,6 +12,7 @@ class AutogradEngine(Engine):
     model's own arrays, so ``write_back`` has nothing to do."""
 
     name = "autograd"
+    trains_in_place = True
 
     def __init__(self, model, loss, optimizer, track_accuracy: bool):
         self.model, self.loss, self.optimizer = model, loss, optimizer
@@ -24,9 +25,10 @@ class AutogradEngine(Engine):
         gathered as the epoch goes, so a shuffled epoch never copies the data set."""
         self.X, self.y, self.batch_size = X, y, batch_size
 
-    def run_epoch(self, order=None, on_batch_end=None) -> tuple[float, int | None]:
+    def run_epoch(self, order=None, on_batch_end=None, control=None) -> tuple[float, int | None]:
         """See :meth:`Engine.run_epoch`; ``on_batch_end(iteration, {"loss": float})`` is
-        called after every optimizer step."""
+        called after every optimizer step. A stop request is honoured between steps, so
+        every parameter has had the same number of updates."""
         X, y, batch_size = self.X, self.y, self.batch_size
         if X is None:
             raise RuntimeError("prepare() must be called before run_epoch()")
@@ -45,6 +47,8 @@ class AutogradEngine(Engine):
             yb = Tensor._wrap(y[rows], backend)
             out = self.model(xb)
             loss = self.loss(out, yb)
+            if control is not None and control.skip_nonfinite(bool(xp.isfinite(loss.data))):
+                break
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -53,6 +57,8 @@ class AutogradEngine(Engine):
                 correct = correct + correct_count(out.data, yb.data, self.loss)
             if on_batch_end is not None:
                 on_batch_end(iteration, {"loss": float(loss.data)})
+            if control is not None and control.step_done():
+                break
         return float(loss_sum), (None if correct is None else int(correct))
 
     def write_back(self) -> None:

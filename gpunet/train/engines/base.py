@@ -17,9 +17,69 @@ from __future__ import annotations
 
 import abc
 
+import numpy as np
+
+
+class StepControl:
+    """What the fit loop and a running epoch tell each other, in one int64 array that a
+    compiled epoch reads and writes between steps (``array`` (4,)):
+
+    - ``STOP``: set by the fit loop (Ctrl-C); the engine ends the epoch at the next
+      step boundary, every step before it complete.
+    - ``STEPS``: steps the engine completed this epoch.
+    - ``NONFINITE``: the 0-based step whose loss was NaN or infinite (-1: none). With
+      ``stop_on_nonfinite`` the engine ends the epoch there, before that step's update
+      (an engine that trains copies may have applied it to the copies).
+    - ``HALT``: 1 when ``stop_on_nonfinite``.
+    """
+
+    STOP, STEPS, NONFINITE, HALT = 0, 1, 2, 3
+
+    def __init__(self, stop_on_nonfinite: bool = True):
+        self.array = np.zeros(4, np.int64)
+        self.array[self.HALT] = int(stop_on_nonfinite)
+        self.reset()
+
+    @property
+    def stop_on_nonfinite(self) -> bool:
+        return bool(self.array[self.HALT])
+
+    def reset(self) -> None:
+        """Before each epoch: no steps, no bad step (a stop request stays)."""
+        self.array[self.STEPS] = 0
+        self.array[self.NONFINITE] = -1
+
+    def request_stop(self) -> None:
+        self.array[self.STOP] = 1
+
+    @property
+    def stop_requested(self) -> bool:
+        return bool(self.array[self.STOP])
+
+    @property
+    def steps(self) -> int:
+        return int(self.array[self.STEPS])
+
+    @property
+    def nonfinite_step(self) -> int:
+        return int(self.array[self.NONFINITE])
+
+    def skip_nonfinite(self, loss_is_finite: bool) -> bool:
+        """Before a step's update (a Python engine's loop): record a non-finite loss;
+        True when the update must not run and the epoch ends here."""
+        if not loss_is_finite and self.array[self.NONFINITE] < 0:
+            self.array[self.NONFINITE] = self.array[self.STEPS]
+        return not loss_is_finite and self.stop_on_nonfinite
+
+    def step_done(self) -> bool:
+        """After a step's update: count it; True when a stop was requested."""
+        self.array[self.STEPS] += 1
+        return self.stop_requested
+
 
 class Engine(abc.ABC):
-    """Runs epochs of training steps for one (model, loss, optimizer).
+    """Runs epochs of training steps for one (model, loss, optimizer), kept as the
+    attributes ``model``, ``loss``, ``optimizer``.
 
     Between ``write_back`` and the next ``run_epoch`` the model's parameters and the
     optimizer's ``state`` / ``param_groups`` belong to the caller (callbacks, LR
@@ -44,7 +104,9 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
-    def run_epoch(self, order=None, on_batch_end=None) -> tuple[float, int | None]:
+    def run_epoch(
+        self, order=None, on_batch_end=None, control: StepControl | None = None
+    ) -> tuple[float, int | None]:
         """One epoch over the prepared data.
 
         Batch ``k`` is the rows ``order[k*batch_size : (k+1)*batch_size]`` (``order``:
@@ -53,6 +115,10 @@ class Engine(abc.ABC):
         after optimizer steps (every step by engines that return to Python per batch; an
         engine that runs the epoch in one compiled call may call it less often or not at
         all: the selector only picks such an engine when no callback needs every step).
+
+        ``control`` (optional): checked between steps; the epoch ends early on a stop
+        request, or at a step whose loss is not finite when ``control.stop_on_nonfinite``
+        (that step's update is not applied; the engine records it in ``control``).
 
         Returns ``(loss_sum, correct)``: the sample-weighted sum of the batch losses
         (Python float) and the number of correct predictions (Python int; None when
@@ -65,6 +131,19 @@ class Engine(abc.ABC):
         """Leave the model's parameters and the optimizer's state exactly as the
         autograd path leaves them after the epoch (no-op for engines that train the
         model's own arrays). Calling it again without a new epoch changes nothing."""
+
+    #: True when the steps update the model's own arrays (the fit loop then keeps a copy
+    #: of the last good epoch's state to restore after a non-finite step); an engine
+    #: training copies simply does not write back
+    trains_in_place: bool = False
+
+    def parameters_finite(self) -> bool:
+        """True when every trained parameter is finite (after ``run_epoch``, before
+        ``write_back``)."""
+        for p in self.model.parameters():
+            if not bool(p.backend.xp.isfinite(p.data).all()):
+                return False
+        return True
 
     def train_epoch(self, X, y, batch_size: int, on_batch_end=None, order=None):
         """``prepare`` + ``run_epoch`` + ``write_back``: one epoch over ``X`` / ``y``;

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import numpy as np
 
@@ -90,11 +91,13 @@ class FusedCpuEngine(Engine):
         return work
 
     # ---------------------------------------------------------------- epoch
-    def run_epoch(self, order=None, on_batch_end=None) -> tuple[float, int | None]:
+    def run_epoch(self, order=None, on_batch_end=None, control=None) -> tuple[float, int | None]:
         """See :meth:`Engine.run_epoch`. Loads the model's parameters and the optimizer's
         state and hyperparameters into the flat buffers, then runs every step in one
         kernel call (``on_batch_end`` is not called: the selector picks this engine only
-        when no callback needs every step)."""
+        when no callback needs every step). With a ``control``, the call runs on its own
+        thread while this one waits, so a Ctrl-C reaches the fit loop's handler (which
+        sets the stop flag the kernel checks between steps) during the epoch."""
         X, labels, targets, batch_size = self.X, self.labels, self.targets, self.batch_size
         if X is None:
             raise RuntimeError("prepare() must be called before run_epoch()")
@@ -140,8 +143,11 @@ class FusedCpuEngine(Engine):
         else:
             worker = contextlib.nullcontext((np.zeros(0, np.int64), np.zeros(0)))
             G_b = st.G[:0]
+        control_array = np.zeros(4, np.int64) if control is None else control.array
         with worker as (flags, shared):
-            loss_sum, correct = k.train_epoch(
+            loss_sum, correct = _interruptible(
+                control is not None,
+                k.train_epoch,
                 X,
                 labels,
                 targets,
@@ -164,9 +170,13 @@ class FusedCpuEngine(Engine):
                 flags,
                 shared,
                 G_b,
+                control_array,
             )
         self._steps = steps
         return float(loss_sum), (int(correct) if self.track_accuracy else None)
+
+    def parameters_finite(self) -> bool:
+        return bool(np.isfinite(self.state.P).all())
 
     def write_back(self) -> None:
         """Flat buffers -> the model's parameters and the optimizer's state (after each
@@ -178,6 +188,39 @@ class FusedCpuEngine(Engine):
         self._steps = None
         for p in self.params:
             p.grad = None
+
+
+def _interruptible(wanted: bool, kernel, *args):
+    """``kernel(*args)``; when ``wanted`` and on the main thread, on a helper thread
+    (with this thread's denormal setting) while the main thread waits in ``join``, where
+    Python runs signal handlers. A compiled call holds the main thread otherwise, and a
+    handler would run only after the whole epoch."""
+    if not wanted or threading.current_thread() is not threading.main_thread():
+        return kernel(*args)
+    from gpunet.kernels.cpu.denormals import flush_denormals, hardware_flush_active  # noqa: PLC0415
+
+    flush = hardware_flush_active()
+    outcome = []
+
+    def run():
+        try:
+            with flush_denormals(flush):
+                outcome.append((True, kernel(*args)))
+        except BaseException as error:  # re-raised on the calling thread
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=run, name="gpunet-fused-epoch", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:  # a second Ctrl-C: the stop flag is set, the step ends soon
+        thread.join()
+        raise
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def usable_cpus() -> int:

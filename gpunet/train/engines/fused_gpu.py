@@ -122,7 +122,11 @@ class FusedGpuEngine(Engine):
         self.data, self.batch_size, self.n = data, min(batch_size, n), n
         self._graphs.clear()
 
-    def run_epoch(self, order=None, on_batch_end=None):
+    def run_epoch(self, order=None, on_batch_end=None, control=None):
+        """See :meth:`Engine.run_epoch`. A stop request is checked between steps (graph
+        replays). A non-finite step is found on the device (``EpochState.first_bad``)
+        and reported after the epoch, which runs to its end: the flat copies are
+        discarded then, as ``write_back`` is not called."""
         if self.data is None:
             raise RuntimeError("call prepare(X, y, batch_size) before run_epoch")
         xp, rt = self.xp, self.rt
@@ -145,17 +149,31 @@ class FusedGpuEngine(Engine):
             self._graph_key = key
         full, rest = divmod(self.n, self.batch_size)
         order_arg = None if order is None else self.order
+        done = 0
         for rows, count in ((self.batch_size, full), (rest, 1 if rest else 0)):
             if count:
                 run = self._runner(step, rows, order_arg)
                 for _ in range(count):
+                    if control is not None and control.stop_requested:
+                        break
                     run()
+                    done += 1
         to_host = self.backend.to_numpy
+        if control is not None:
+            bad_row = int(to_host(self.epoch.first_bad)[0])
+            control.array[control.STEPS] = done
+            if bad_row >= 0:
+                control.array[control.NONFINITE] = bad_row // self.batch_size
+                if control.stop_on_nonfinite:
+                    control.array[control.STEPS] = bad_row // self.batch_size
         loss_sum = float(to_host(self.epoch.loss_sum)[0])
         correct = int(to_host(self.epoch.correct)[0]) if self.track_accuracy else None
         if on_batch_end is not None:
             on_batch_end(full + (1 if rest else 0) - 1, {"loss": loss_sum / self.n})
         return loss_sum, correct
+
+    def parameters_finite(self) -> bool:
+        return bool(self.xp.isfinite(self.state.P).all())
 
     def write_back(self) -> None:
         self.state.store(self.backend.to_numpy(self.device_opt.steps))

@@ -142,15 +142,17 @@ class FlatState:
             ],
             dtype=np.int64,
         )
-        self.group_of = {}
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                self.group_of[id(p)] = group
         self.dtype = self.params[0].dtype
         total = int(sizes.sum())
         self.P = xp.empty(total, self.dtype)
         self.G = xp.zeros(total, self.dtype)
         self.S = [xp.zeros(0, self.dtype) for _ in range(3)]  # sized by load
+
+    @property
+    def group_of(self) -> dict:
+        """{id(parameter): its group}, read afresh: ``load_state_dict`` replaces the
+        optimizer's group dicts."""
+        return {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
 
     def view(self, buffer, k):
         """Parameter ``k``'s part of a flat ``buffer``, in the parameter's shape."""
@@ -185,8 +187,9 @@ class FlatState:
             if (self.S[i].size != 0) != self.slot_used(key):
                 size = self.P.size if self.slot_used(key) else 0
                 self.S[i] = self.xp.zeros(size, self.P.dtype)
+        group_of = self.group_of
         for k, p in enumerate(self.params):
-            group = self.group_of[id(p)]
+            group = group_of[id(p)]
             H[k] = hyper_row(self.opt_name, group)  # Adam reads decoupled_weight_decay
             self.view(self.P, k)[...] = p.data
             state = self.optimizer.state[p]
@@ -209,8 +212,9 @@ class FlatState:
         """Flat buffers -> model parameters and optimizer state (epoch end); ``steps``
         (K,) int64 the step counts the epoch advanced."""
         slots = STATE_SLOTS[self.opt_name]
+        group_of = self.group_of
         for k, p in enumerate(self.params):
-            group = self.group_of[id(p)]
+            group = group_of[id(p)]
             p.data[...] = self.view(self.P, k)
             state = self.optimizer.state[p]
             if self.opt_name != "sgd":
