@@ -1,9 +1,12 @@
 """The command line, run in-process as a user would run it."""
 
 import json
+import os
 
 import numpy as np
+import pytest
 
+import gpunet
 from gpunet import nn
 from gpunet.cli import build_model, main
 from gpunet.io import load_weights
@@ -124,21 +127,47 @@ def test_info_reports_backends(capsys):
     assert "cuda" in text
 
 
-def test_saved_weights_are_never_half_written(tmp_path):
+def test_saved_weights_are_never_half_written(tmp_path, monkeypatch):
+    import safetensors.numpy  # noqa: PLC0415
+
+    from gpunet.io import save_weights  # noqa: PLC0415
+
+    gpunet.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 2))
     path = tmp_path / "w.safetensors"
-    from gpunet.io import save_weights
-
     save_weights(model, path)
     before = path.read_bytes()
-    bad = nn.Sequential(nn.Linear(3, 2))
-    bad[0].weight.data = object()  # state_dict() fails mid-way
-    try:
-        save_weights(bad, path)
-    except Exception:
+
+    class CrashDuringWrite(Exception):
         pass
-    assert path.read_bytes() == before
+
+    real_save_file = safetensors.numpy.save_file
+    written = []
+
+    def crash_half_way(tensors, filename, metadata=None):
+        # the whole file reaches the disk, then is cut in half, then the "process" dies
+        real_save_file(tensors, filename, metadata=metadata)
+        size = os.path.getsize(filename)
+        with open(filename, "r+b") as f:
+            f.truncate(size // 2)
+        written.append((os.fspath(filename), size // 2))
+        raise CrashDuringWrite
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", crash_half_way)
+    gpunet.manual_seed(1)
+    other = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(CrashDuringWrite):
+        save_weights(other, path)
+    monkeypatch.undo()
+    ((target, size),) = written
+    assert path.read_bytes() == before, "the previous file was changed"
+    assert size > 0 and os.path.abspath(target) != os.path.abspath(path)
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+    gpunet.manual_seed(2)
+    fresh = nn.Sequential(nn.Linear(3, 2))
+    load_weights(fresh, path)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(fresh.state_dict()[key], value)
 
 
 def test_unwritable_output_paths_fail_before_any_data_is_loaded(tmp_path, capsys, monkeypatch):

@@ -10,6 +10,7 @@ import gpunet.data
 from gpunet import Tensor, nn, optim
 from gpunet.data import make_classification
 from gpunet.train import Trainer, evaluate, fit, predict
+from gpunet.train.engines import AutogradEngine, Engine, FusedCpuEngine
 
 
 def blobs(n=120, seed=0):
@@ -56,36 +57,49 @@ def test_regimes_iteration_counts_and_convergence(engine, mode, batch_size, expe
     assert history.history["accuracy"][-1] > 0.95
 
 
-def test_partial_last_batch_is_trained_on():
-    # 10 samples, batch 4: batches of 4, 4, 2; a model whose only learnable signal is in
-    # the last two samples must still move.
-    X = np.zeros((10, 2), np.float32)
-    y = np.zeros(10, np.int64)
-    X[8:] = 1.0
-    y[8:] = 1
-    gpunet.manual_seed(0)
-    model = nn.Sequential(nn.Linear(2, 2))
-    opt = optim.SGD(model.parameters(), lr=0.1)
-    seen = []
+@pytest.mark.parametrize("engine", ["autograd", "fused"])
+def test_partial_last_batch_is_trained_on(engine):
+    # 10 samples, batch 4: batches of 4, 4, 2. The weights after the epoch must be those
+    # after the first two batches (a fit on the first 8 rows) moved by one SGD step on the
+    # last two rows, computed here in NumPy: an engine that skips or mis-scales the
+    # partial batch's step fails.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((10, 2))
+    y = np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 0])
+    lr = 0.5
 
-    class Recorder(gpunet.train.Callback):
-        def on_batch_end(self, iteration, logs=None):
-            seen.append(iteration)
+    def train(n):
+        gpunet.manual_seed(0)
+        model = nn.Sequential(nn.Linear(2, 2)).to(dtype=np.float64)
+        history = fit(
+            model,
+            X[:n],
+            y[:n],
+            loss=nn.CrossEntropyLoss(),
+            optimizer=optim.SGD(model.parameters(), lr=lr),
+            epochs=1,
+            batch_size=4,
+            shuffle=False,
+            engine=engine,
+            progress=False,
+            verbose=0,
+        )
+        return model[0], history
 
-    history = fit(
-        model,
-        X,
-        y,
-        loss=nn.CrossEntropyLoss(),
-        optimizer=opt,
-        epochs=1,
-        batch_size=4,
-        shuffle=False,
-        callbacks=[Recorder()],
-        progress=False,
-        verbose=0,
-    )
-    assert seen == [0, 1, 2] and history.iterations == 3
+    trained, history = train(10)
+    before, _ = train(8)
+    assert history.iterations == 3
+    W, b = before.weight.data, before.bias.data
+    xb, yb = X[8:], y[8:]
+    z = xb @ W.T + b
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(yb)), yb] -= 1.0
+    dz = p / len(yb)  # mean reduction over the 2-row batch
+    W_expected, b_expected = W - lr * dz.T @ xb, b - lr * dz.sum(axis=0)
+    assert np.abs(W_expected - W).max() > 1e-2  # the step moves the weights
+    np.testing.assert_allclose(trained.weight.data, W_expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(trained.bias.data, b_expected, rtol=0, atol=1e-12)
 
 
 def test_regime_is_logged(capsys):
@@ -151,6 +165,96 @@ def test_shuffle_seed_is_reproducible():
         weights.append(model.state_dict())
     for key in weights[0]:
         np.testing.assert_array_equal(weights[0][key], weights[1][key])
+
+
+class RecordingEngine(Engine):
+    """Delegates to the engine ``select`` names and records what the fit loop hands it:
+    the prepared training rows and each epoch's ``order``."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name, self.whole_epochs = inner.name, inner.whole_epochs
+        self.prepared, self.orders = [], []
+
+    def prepare(self, X, y, batch_size):
+        self.prepared.append((np.array(X), np.array(y)))
+        self.inner.prepare(X, y, batch_size)
+
+    def run_epoch(self, order=None, on_batch_end=None):
+        self.orders.append(None if order is None else np.array(order))
+        return self.inner.run_epoch(order, on_batch_end)
+
+    def write_back(self):
+        self.inner.write_back()
+
+
+def recording_factory(engine, recorders):
+    def factory(model, loss, optimizer, track_accuracy):
+        if engine == "fused":
+            inner = FusedCpuEngine(model, loss, optimizer, track_accuracy)
+        else:
+            inner = AutogradEngine(model, loss, optimizer, track_accuracy)
+        recorders.append(RecordingEngine(inner))
+        return recorders[-1]
+
+    return factory
+
+
+@pytest.mark.parametrize("engine", ["autograd", "fused"])
+def test_validation_split_holds_out_exactly_the_last_rows(engine):
+    X, y = blobs(50, seed=4)
+    recorders = []
+    model = classifier()
+    trainer = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        optim.SGD(model.parameters(), lr=0.05),
+        engine=recording_factory(engine, recorders),
+        progress=False,
+        verbose=0,
+    )
+    history = trainer.fit(X, y, epochs=2, batch_size=8, seed=1, validation_split=0.2)
+    (rec,) = recorders
+    ((trained_x, trained_y),) = rec.prepared
+    # training sees exactly the first 40 rows (in their order: shuffling comes later)
+    np.testing.assert_array_equal(trained_x, X[:40])
+    np.testing.assert_array_equal(trained_y, y[:40])
+    # validation is the last 10 rows, evaluated on the trained model
+    held_out = trainer.evaluate(X[40:], y[40:])
+    assert history.history["val_loss"][-1] == pytest.approx(held_out["loss"], rel=1e-12)
+    assert history.history["val_accuracy"][-1] == held_out["accuracy"]
+    # other rows give another loss, so the equality above tells the rows apart
+    assert trainer.evaluate(X[:10], y[:10])["loss"] != pytest.approx(held_out["loss"], rel=1e-3)
+
+
+def test_seeded_epochs_get_different_permutations_and_same_seed_same_ones():
+    X, y = blobs(40)
+
+    def orders(seed, engine="autograd"):
+        recorders = []
+        model = classifier()
+        Trainer(
+            model,
+            nn.CrossEntropyLoss(),
+            optim.SGD(model.parameters()),
+            engine=recording_factory(engine, recorders),
+            progress=False,
+            verbose=0,
+        ).fit(X, y, epochs=4, batch_size=8, seed=seed)
+        return recorders[0].orders
+
+    first = orders(11)
+    assert len(first) == 4
+    for order in first:
+        np.testing.assert_array_equal(np.sort(order), np.arange(40))
+    keys = {tuple(order) for order in first}
+    assert len(keys) == 4, "two epochs of a seeded fit got the same permutation"
+    assert tuple(range(40)) not in keys
+    for again in (orders(11), orders(11, engine="fused")):
+        assert len(again) == 4
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
+    assert {tuple(order) for order in orders(12)} != keys
 
 
 def test_predict_and_evaluate_in_batches():
