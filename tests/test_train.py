@@ -172,17 +172,21 @@ class RecordingEngine(Engine):
     the prepared training rows and each epoch's ``order``."""
 
     def __init__(self, inner):
-        self.inner = inner
+        self.inner, self.model = inner, inner.model
         self.name, self.whole_epochs = inner.name, inner.whole_epochs
+        self.trains_in_place = inner.trains_in_place
         self.prepared, self.orders = [], []
 
     def prepare(self, X, y, batch_size):
         self.prepared.append((np.array(X), np.array(y)))
         self.inner.prepare(X, y, batch_size)
 
-    def run_epoch(self, order=None, on_batch_end=None):
+    def run_epoch(self, order=None, on_batch_end=None, control=None):
         self.orders.append(None if order is None else np.array(order))
-        return self.inner.run_epoch(order, on_batch_end)
+        return self.inner.run_epoch(order, on_batch_end, control)
+
+    def parameters_finite(self):
+        return self.inner.parameters_finite()
 
     def write_back(self):
         self.inner.write_back()
