@@ -7,6 +7,7 @@ iterations; the last batch may be partial.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from gpunet.autograd import Tensor, no_grad
 from gpunet.losses import get_loss
 from gpunet.random import default_generator
+from gpunet.regularizers import penalty
 from gpunet.train import validation as check
 from gpunet.train.callbacks import CallbackList, LRSchedulerCallback, wants_batch_hooks
 from gpunet.train.engines import select_engine
@@ -109,7 +111,9 @@ class Trainer:
         Y = check.check_targets(
             check.as_host_or_device_array(y, name_y, backend), name_y, X.shape[0], name_x
         )
-        with no_grad():  # one-sample probe: shape/dtype errors surface before training
+        # one-sample probe: shape/dtype errors surface before training (eval mode: no
+        # dropout mask drawn, no batch statistics of one row)
+        with no_grad(), eval_mode(self.model):
             probe = self.model(Tensor._wrap(backend.asarray(X[:1]), backend))
         if uses_class_indices(self.loss):
             check.check_class_labels(Y, probe.shape[1], name_y)
@@ -267,10 +271,9 @@ class Trainer:
 
     # ----------------------------------------------------------- evaluation
     def _evaluate_arrays(self, X, Y, batch_size: int = 1024) -> dict:
-        self.model.eval()
         backend = self.backend
         loss_sum, correct, n = 0.0, 0, X.shape[0]
-        with no_grad():
+        with no_grad(), eval_mode(self.model):
             for start in range(0, n, batch_size):
                 xb = Tensor._wrap(X[start : start + batch_size], backend)
                 yb = Tensor._wrap(Y[start : start + batch_size], backend)
@@ -278,8 +281,8 @@ class Trainer:
                 loss_sum += float(self.loss(out, yb).data) * xb.shape[0]
                 if self.metrics:
                     correct += int(correct_count(out.data, yb.data, self.loss))
-        self.model.train()
-        result = {"loss": loss_sum / n}
+            reg = penalty(self.model)  # Keras: the reported loss includes the penalties
+        result = {"loss": loss_sum / n + (0.0 if reg is None else float(reg.data))}
         if self.metrics:
             result["accuracy"] = correct / n
         return result
@@ -304,16 +307,25 @@ def predict(model, x, batch_size: int = 1024) -> np.ndarray:
     backend = next(model.parameters()).backend
     X = check.check_features(check.as_host_or_device_array(x, "x", backend), "x", model.dtype)
     X = backend.asarray(X)
-    was_training = model.training
-    model.eval()
     outs = []
-    with no_grad():
+    with no_grad(), eval_mode(model):
         for start in range(0, X.shape[0], batch_size):
             outs.append(
                 backend.to_numpy(model(Tensor._wrap(X[start : start + batch_size], backend)).data)
             )
-    model.train(was_training)
     return np.concatenate(outs, axis=0)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """``model.eval()`` for the block, then the mode each module had (also on error)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def fit(
