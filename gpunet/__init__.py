@@ -3,7 +3,7 @@
 Importing gpunet needs only NumPy and Numba; nothing is compiled at import.
 """
 
-from gpunet import data, functional, losses, nn, optim, train
+from gpunet import data, functional, losses, nn, optim, regularizers, train
 from gpunet.autograd import Tensor, enable_grad, is_grad_enabled, no_grad, ones, tensor, zeros
 from gpunet.backend import get_backend
 from gpunet.dtypes import get_default_dtype, set_default_dtype
@@ -15,6 +15,7 @@ __all__ = [
     "Tensor",
     "data",
     "optim",
+    "regularizers",
     "train",
     "enable_grad",
     "functional",

@@ -53,6 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="L2 penalty (decoupled for adamw; default 0, adamw 0.01)",
     )
+    t.add_argument(
+        "--dropout", type=float, default=0.0, metavar="P", help="Dropout(P) after each hidden layer"
+    )
+    t.add_argument(
+        "--dropconnect",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="DropConnect on the hidden layers' weights (DropConnectDense, drop probability P)",
+    )
+    t.add_argument(
+        "--batchnorm",
+        action="store_true",
+        help="BatchNorm1d between each hidden layer's linear part and its activation",
+    )
+    t.add_argument("--l1", type=float, default=0.0, help="L1 penalty on every layer's weights")
+    t.add_argument("--l2", type=float, default=0.0, help="L2 penalty on every layer's weights")
     t.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999))
     t.add_argument("--amsgrad", action="store_true")
     t.add_argument("--scheduler", default="none", choices=SCHEDULERS)
@@ -110,16 +127,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_model(n_in: int, hidden: list[int], n_out: int, activation: str, dtype, device):
-    """``Dense(act)`` hidden layers then a linear output layer."""
+def build_model(
+    n_in: int,
+    hidden: list[int],
+    n_out: int,
+    activation: str,
+    dtype,
+    device,
+    *,
+    dropout: float = 0.0,
+    dropconnect: float = 0.0,
+    batchnorm: bool = False,
+    l1: float = 0.0,
+    l2: float = 0.0,
+):
+    """``Dense(act)`` hidden layers then a linear output layer. Per hidden layer:
+    ``DropConnectDense`` when ``dropconnect`` > 0; with ``batchnorm`` the layer is
+    linear, then ``BatchNorm1d``, then the activation; then ``Dropout(dropout)`` when
+    ``dropout`` > 0. ``l1``/``l2``: an ``L1L2`` kernel penalty on every layer."""
     from gpunet import nn  # noqa: PLC0415
+    from gpunet.activations import get_activation  # noqa: PLC0415
+    from gpunet.regularizers import L1L2  # noqa: PLC0415
 
+    penalty = L1L2(l1, l2) if (l1 or l2) else None
+    modules = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
+    modules["leaky_relu"] = nn.LeakyReLU
+    act = get_activation(activation).name
+    common = dict(dtype=dtype, device=device, kernel_regularizer=penalty)
     layers, width = [], n_in
     for h in hidden:
-        layers.append(nn.Dense(width, h, activation, dtype=dtype, device=device))
+        fused_act = "linear" if batchnorm else act
+        if dropconnect:
+            layers.append(nn.DropConnectDense(width, h, fused_act, p=dropconnect, **common))
+        else:
+            layers.append(nn.Dense(width, h, fused_act, **common))
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(h, dtype=dtype, device=device))
+            if act != "linear":
+                layers.append(modules[act]())
+        if dropout:
+            layers.append(nn.Dropout(dropout))
         width = h
-    layers.append(nn.Dense(width, n_out, "linear", dtype=dtype, device=device))
+    layers.append(nn.Dense(width, n_out, "linear", **common))
     return nn.Sequential(*layers)
+
+
+def check_regularization_args(args) -> None:
+    """ValueError naming the flag when --dropout/--dropconnect/--l1/--l2 are out of range
+    (before any data is loaded)."""
+    import math  # noqa: PLC0415
+
+    for flag in ("dropout", "dropconnect"):
+        p = getattr(args, flag)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"--{flag} must be in [0, 1), got {p}")
+    for flag in ("l1", "l2"):
+        x = getattr(args, flag)
+        if not (math.isfinite(x) and x >= 0):
+            raise ValueError(f"--{flag} must be a finite number >= 0, got {x}")
 
 
 def build_optimizer(args, params):
@@ -186,6 +251,7 @@ def cmd_train(args) -> int:
     from gpunet.train.guard import NonFiniteError  # noqa: PLC0415
 
     check_paths(args)  # before any data is loaded or any epoch runs
+    check_regularization_args(args)
     gpunet.manual_seed(args.seed)
     dataset = load_dataset(args.dataset, seed=args.seed)
     X_train, X_test = dataset.X_train, dataset.X_test
@@ -198,7 +264,17 @@ def cmd_train(args) -> int:
     loss = get_loss(loss_name, **loss_kwargs)
     n_out = dataset.n_classes if classification else dataset.y_train.shape[1]
     model = build_model(
-        dataset.n_features, args.hidden, n_out, args.activation, np.dtype(args.dtype), args.device
+        dataset.n_features,
+        args.hidden,
+        n_out,
+        args.activation,
+        np.dtype(args.dtype),
+        args.device,
+        dropout=args.dropout,
+        dropconnect=args.dropconnect,
+        batchnorm=args.batchnorm,
+        l1=args.l1,
+        l2=args.l2,
     )
     optimizer = build_optimizer(args, model.parameters())
     scheduler = build_scheduler(args, optimizer)

@@ -238,3 +238,119 @@ def _as_target(target, like: Tensor) -> Tensor:
         return target
     array = like.backend.asarray(target)
     return Tensor._wrap(array, like.backend)
+
+
+# --------------------------------------------------------------- regularization
+def dropout_with_mask(x: Tensor, scale) -> Tensor:
+    """``x * scale``: inverted dropout given its multiplier ``scale`` (an array of x's
+    shape, dtype and device: ``keep / (1 - p)``); the gradient is ``g * scale``."""
+    if tuple(scale.shape) != x.shape:
+        raise ValueError(f"dropout mask shape {tuple(scale.shape)} != input shape {x.shape}")
+    return record(x.data * scale, (x,), lambda g: (g * scale,), "dropout")
+
+
+def dropout(
+    x: Tensor, p: float = 0.5, training: bool = True, *, seed: int | None = None, counter: int = 0
+) -> Tensor:
+    """Inverted dropout (``torch.nn.functional.dropout``): in training each element is
+    zeroed with probability ``p`` and the survivors scaled by ``1 / (1 - p)``; otherwise
+    (or with ``p == 0``) ``x`` itself. The mask is
+    ``gpunet.counter_rng.keep_mask(shape, p, seed, counter)``; ``seed`` None draws one
+    from gpunet's global generator. Shapes: any; returns x's shape."""
+    from gpunet import counter_rng  # noqa: PLC0415
+
+    p = counter_rng.check_probability(p)
+    if not training or p == 0.0:
+        return x
+    if seed is None:
+        seed = counter_rng.new_seed()
+    xp = x.backend.xp
+    return dropout_with_mask(x, counter_rng.scaled_mask(xp, x.shape, p, seed, counter, x.dtype))
+
+
+def _batch_norm_axes(x: Tensor, num_features: int | None = None) -> tuple:
+    """Reduction axes of batch normalization for x (N, C) or (N, C, L); checks C."""
+    if x.ndim not in (2, 3):
+        raise ValueError(f"batch_norm expects a 2-D (N, C) or 3-D (N, C, L) input, got {x.shape}")
+    if num_features is not None and x.shape[1] != num_features:
+        raise ValueError(
+            f"batch_norm expects {num_features} features (channels) in dim 1, got "
+            f"{x.shape[1]} (input shape {x.shape})"
+        )
+    return (0,) if x.ndim == 2 else (0, 2)
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean=None,
+    running_var=None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    num_batches_tracked=None,
+) -> Tensor:
+    """Batch normalization over x (N, C) or (N, C, L), per channel C (like
+    ``torch.nn.functional.batch_norm``).
+
+    ``training`` (or no running statistics): normalize by the batch's mean and biased
+    variance over N (and L), and update ``running_mean``/``running_var`` (arrays (C,),
+    in place) to ``(1 - momentum) * running + momentum * batch`` with the *unbiased*
+    batch variance; ``momentum`` None uses the cumulative average
+    ``1 / num_batches_tracked`` (``num_batches_tracked``, a 0-d int array, is
+    incremented in place). Otherwise normalize by the running statistics. Then
+    ``y = weight * x_hat + bias`` (weight, bias (C,) or None). Raises ValueError in
+    training when a channel has a single value (PyTorch's rule)."""
+    axes = _batch_norm_axes(x)
+    xp = x.backend.xp
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)  # broadcasts a (C,) array over x
+    parents = tuple(t for t in (x, weight, bias) if t is not None)
+    check_same_device(*parents)
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(
+                f"dtype mismatch: input is {x.dtype} but {name} is {t.dtype}; convert the "
+                f"input or the model with .to(dtype=...)"
+            )
+    use_batch = training or running_mean is None
+    count = x.data.size // x.shape[1]
+    if training and count <= 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {x.shape}"
+        )
+    if use_batch:
+        mean = x.data.mean(axis=axes)
+        centered = x.data - mean.reshape(shape)
+        var = (centered * centered).mean(axis=axes)
+        if training and running_mean is not None:
+            if num_batches_tracked is not None:
+                num_batches_tracked[...] += 1
+            factor = momentum if momentum is not None else 1.0 / float(num_batches_tracked.item())
+            running_mean[...] = (1 - factor) * running_mean + factor * mean
+            running_var[...] = (1 - factor) * running_var + factor * var * (count / (count - 1))
+    else:
+        mean, var = running_mean, running_var
+        centered = x.data - mean.reshape(shape)
+    invstd = (1 / xp.sqrt(var + x.dtype.type(eps))).astype(x.dtype, copy=False)
+    x_hat = centered * invstd.reshape(shape)
+    y = x_hat if weight is None else x_hat * weight.data.reshape(shape)
+    if bias is not None:
+        y = y + bias.data.reshape(shape)
+
+    def backward(g):
+        dx_hat = g if weight is None else g * weight.data.reshape(shape)
+        if use_batch:  # x_hat depends on x through the batch mean and variance too
+            mean_dx_hat = dx_hat.mean(axis=axes).reshape(shape)
+            mean_dx_hat_x_hat = (dx_hat * x_hat).mean(axis=axes).reshape(shape)
+            dx = (dx_hat - mean_dx_hat - x_hat * mean_dx_hat_x_hat) * invstd.reshape(shape)
+        else:
+            dx = dx_hat * invstd.reshape(shape)
+        grads = [dx]
+        if weight is not None:
+            grads.append((g * x_hat).sum(axis=axes))
+        if bias is not None:
+            grads.append(g.sum(axis=axes))
+        return tuple(grads)
+
+    return record(y, parents, backward, "batch_norm")

@@ -13,7 +13,8 @@ def save_weights(model, path, metadata: dict | None = None) -> None:
     the new one is complete."""
     from safetensors.numpy import save_file  # noqa: PLC0415
 
-    tensors = {k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
+    # (ascontiguousarray turns a 0-d buffer such as BatchNorm's count into shape (1,))
+    tensors = {k: np.ascontiguousarray(v).reshape(v.shape) for k, v in model.state_dict().items()}
     with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
 

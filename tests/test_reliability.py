@@ -307,6 +307,34 @@ def test_resume_gives_the_uninterrupted_run_bit_for_bit(tmp_path, engine):
     assert len(history) == 4 and history.epoch == [0, 1, 2, 3]
 
 
+def test_resume_with_dropout_and_batchnorm_continues_their_masks_and_statistics(tmp_path):
+    X, y = make_data(n=100)
+    path = tmp_path / "ckpt.safetensors"
+
+    def setup():
+        gpunet.manual_seed(0)
+        model = nn.Sequential(
+            nn.Dense(6, 12, "relu"), nn.BatchNorm1d(12), nn.Dropout(0.3), nn.Dense(12, 3)
+        )
+        return model, optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    model, opt = setup()
+    Trainer(model, "cross_entropy", opt, verbose=0).fit(X, y, epochs=3, batch_size=16, seed=4)
+    first, opt1 = setup()
+    Trainer(first, "cross_entropy", opt1, callbacks=[ModelCheckpoint(path)], verbose=0).fit(
+        X, y, epochs=1, batch_size=16, seed=4
+    )
+    resumed, opt2 = setup()
+    Trainer(resumed, "cross_entropy", opt2, verbose=0).fit(
+        X, y, epochs=3, batch_size=16, seed=4, resume_from=path
+    )
+    a, b = model.state_dict(), resumed.state_dict()
+    assert "1.running_mean" in a and a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert resumed[2].counter == model[2].counter == 21
+
+
 def test_checkpoint_holds_everything_with_a_format_version(tmp_path):
     X, y = make_data()
     model, opt, sched = resume_setup("autograd")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from gpunet import functional as F
+from gpunet import regularizers
 from gpunet.activations import get_activation
 from gpunet.autograd import Tensor
 from gpunet.dtypes import check_float_dtype, get_default_dtype
@@ -61,7 +62,10 @@ class Dense(Linear):
     """Keras-style dense layer: ``activation(x @ weight.T + bias)`` as one fused node.
 
     ``activation``: "linear" (default, like Keras), "relu", "leaky_relu", "sigmoid",
-    "tanh" or "gelu".
+    "tanh" or "gelu". ``kernel_regularizer`` / ``bias_regularizer``: None, a
+    ``gpunet.regularizers.Regularizer`` (``L1``, ``L2``, ``L1L2``) or its name; the
+    trainer adds their penalties to the loss (Keras semantics, see
+    ``gpunet.regularizers``).
     """
 
     def __init__(
@@ -72,13 +76,23 @@ class Dense(Linear):
         bias: bool = True,
         device=None,
         dtype=None,
+        kernel_regularizer=None,
+        bias_regularizer=None,
     ):
         self_activation = get_activation(activation).name  # validate before allocating
+        kernel_regularizer = regularizers.get(kernel_regularizer)
+        bias_regularizer = regularizers.get(bias_regularizer)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         object.__setattr__(self, "activation", self_activation)
+        object.__setattr__(self, "kernel_regularizer", kernel_regularizer)
+        object.__setattr__(self, "bias_regularizer", bias_regularizer)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", activation={self.activation!r}"
+        extra = f", activation={self.activation!r}"
+        for name in ("kernel_regularizer", "bias_regularizer"):
+            if getattr(self, name) is not None:
+                extra += f", {name}={getattr(self, name)!r}"
+        return super().extra_repr() + extra
 
 
 class Flatten(Module):

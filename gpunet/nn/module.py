@@ -28,6 +28,7 @@ class Module:
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
@@ -35,7 +36,11 @@ class Module:
             raise AttributeError("call Module.__init__() before assigning attributes")
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
-        if isinstance(value, Parameter):
+        if name in self._buffers and not isinstance(value, (Parameter, Module)):
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"buffer {name!r} must be a Tensor or None")
+            self._buffers[name] = value
+        elif isinstance(value, Parameter):
             self._parameters[name] = value
         elif isinstance(value, Module):
             self._modules[name] = value
@@ -73,6 +78,29 @@ class Module:
     def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
+
+    def register_buffer(self, name: str, tensor: Tensor | None) -> None:
+        """Register non-trainable state (e.g. BatchNorm's running statistics): it moves
+        with ``to()`` and is saved and loaded by ``state_dict``/``load_state_dict``
+        (and so by ``gpunet.io``), like ``torch.nn.Module.register_buffer``."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"buffer name must be a non-empty str without '.', got {name!r}")
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"buffer {name!r} must be a Tensor or None")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        self._buffers[name] = tensor
+        object.__setattr__(self, name, tensor)
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        for mod_prefix, module in self.named_modules(prefix):
+            for name, b in module._buffers.items():
+                if b is not None:
+                    yield (f"{mod_prefix}.{name}" if mod_prefix else name), b
+
+    def buffers(self) -> Iterator[Tensor]:
+        for _, b in self.named_buffers():
+            yield b
 
     # ------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> Module:
@@ -116,6 +144,12 @@ class Module:
             p.backend, p.data = target, target.asarray(host)
             if p.grad is not None:
                 p.grad = None
+        for b in self.buffers():  # integer buffers (counts) keep their dtype
+            cast = dtype if dtype is not None and b.dtype.kind == "f" else b.dtype
+            target = backend or b.backend
+            if target is not b.backend or cast != b.dtype:
+                host = b.backend.to_numpy(b.data).astype(cast, copy=False)
+                b.backend, b.data = target, target.asarray(host)
         return self
 
     def double(self) -> Module:
@@ -125,10 +159,21 @@ class Module:
         return self.to(dtype=np.float32)
 
     # ------------------------------------------------------------- state dict
+    def _state_tensors(self) -> dict:
+        """Name -> tensor of each module's parameters then buffers, module by module
+        (PyTorch's order); a shared tensor once."""
+        out, seen = {}, set()
+        for prefix, module in self.named_modules():
+            for name, t in (*module._parameters.items(), *module._buffers.items()):
+                if t is not None and id(t) not in seen:
+                    seen.add(id(t))
+                    out[f"{prefix}.{name}" if prefix else name] = t
+        return out
+
     def state_dict(self) -> OrderedDict:
-        """Name -> host NumPy copy of every parameter."""
+        """Name -> host NumPy copy of every parameter and buffer."""
         return OrderedDict(
-            (name, p.backend.to_numpy(p.data).copy()) for name, p in self.named_parameters()
+            (name, t.backend.to_numpy(t.data).copy()) for name, t in self._state_tensors().items()
         )
 
     def load_state_dict(self, state_dict, strict: bool = True):
@@ -136,21 +181,21 @@ class Module:
         before anything is written (:meth:`check_state_dict`); returns
         ``(missing_keys, unexpected_keys)``."""
         arrays, missing, unexpected = self.check_state_dict(state_dict, strict)
-        params = dict(self.named_parameters())
+        params = self._state_tensors()
         for name, value in arrays.items():
             p = params[name]
             p.data[...] = p.backend.asarray(value, dtype=p.dtype)
         return missing, unexpected
 
     def check_state_dict(self, state_dict, strict: bool = True, allow_nonfinite: bool = True):
-        """Check ``state_dict`` against the parameters, changing nothing: returns
+        """Check ``state_dict`` against the parameters and buffers, changing nothing: returns
         ``(arrays, missing_keys, unexpected_keys)``, ``arrays`` {name: array} for the
         matching keys. Raises KeyError (``strict``: any missing or unexpected key),
         ValueError (a shape mismatch; a NaN or infinite value unless
         ``allow_nonfinite``)."""
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        params = dict(self.named_parameters())
+        params = self._state_tensors()
         missing = [k for k in params if k not in state_dict]
         unexpected = [k for k in state_dict if k not in params]
         if strict and (missing or unexpected):

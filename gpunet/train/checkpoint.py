@@ -58,6 +58,7 @@ class Checkpoint:
     rng_state: dict | None = None
     history: dict | None = None
     callbacks: dict = field(default_factory=dict)
+    masks: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------- JSON
@@ -102,10 +103,30 @@ def _clean_history(data: dict) -> dict:
     return data
 
 
+# ----------------------------------------------------------------- mask counters
+def mask_state(model) -> dict:
+    """{module name: [seed, counter]} of the layers that draw a mask per training
+    forward (Dropout, DropConnect): what makes their next masks."""
+    return {
+        name: [int(m.seed), int(m.counter)]
+        for name, m in model.named_modules()
+        if hasattr(m, "counter") and hasattr(m, "seed")
+    }
+
+
+def set_mask_state(model, state: dict) -> None:
+    modules = dict(model.named_modules())
+    for name, (seed, counter) in state.items():
+        object.__setattr__(modules[name], "seed", int(seed))
+        object.__setattr__(modules[name], "counter", int(counter))
+
+
 # ------------------------------------------------------------------------- save
 def _to_host(array) -> np.ndarray:
+    """A contiguous host copy of the same shape (ascontiguousarray alone makes 0-d 1-d)."""
     get = getattr(array, "get", None)  # CuPy
-    return np.ascontiguousarray(get() if get is not None else np.asarray(array))
+    host = get() if get is not None else np.asarray(array)
+    return np.ascontiguousarray(host).reshape(host.shape)
 
 
 def save_checkpoint(
@@ -138,6 +159,7 @@ def save_checkpoint(
         "schedulers": [_encode(s.state_dict()) for s in schedulers],
         "callbacks": _encode(callbacks or {}),
         "history": None,
+        "masks": mask_state(model),
     }
     if optimizer is not None:
         state = optimizer.state_dict()
@@ -218,6 +240,7 @@ def load_checkpoint(path) -> Checkpoint:
         rng_state=None if rng is None else _decode(rng),
         history=meta.get("history"),
         callbacks=_decode(meta.get("callbacks") or {}),
+        masks=meta.get("masks") or {},
     )
 
 
@@ -228,6 +251,11 @@ def restore_checkpoint(checkpoint: Checkpoint, model, optimizer=None, schedulers
     where = checkpoint.path
     try:
         model.check_state_dict(checkpoint.model_state)
+        if set(checkpoint.masks) != set(mask_state(model)):
+            raise ValueError(
+                f"it holds mask counters of layers {sorted(checkpoint.masks)}, the model has "
+                f"{sorted(mask_state(model))}"
+            )
         new_groups = new_state = None
         if optimizer is not None:
             if checkpoint.optimizer_state is None:
@@ -251,6 +279,7 @@ def restore_checkpoint(checkpoint: Checkpoint, model, optimizer=None, schedulers
     except (ValueError, TypeError, KeyError) as error:
         raise ValueError(f"cannot resume from {where!r}: {error}") from None
     model.load_state_dict(checkpoint.model_state)
+    set_mask_state(model, checkpoint.masks)
     if optimizer is not None:
         optimizer.state, optimizer.param_groups = new_state, new_groups
     for scheduler, state in zip(schedulers, checkpoint.schedulers):

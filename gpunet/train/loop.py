@@ -7,6 +7,7 @@ iterations; the last batch may be partial.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -19,9 +20,16 @@ from tqdm.auto import tqdm
 from gpunet.autograd import Tensor, no_grad
 from gpunet.losses import get_loss
 from gpunet.random import draw_seed, epoch_permutation
+from gpunet.regularizers import penalty
 from gpunet.train import validation as check
 from gpunet.train.callbacks import CallbackList, LRSchedulerCallback, wants_batch_hooks
-from gpunet.train.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from gpunet.train.checkpoint import (
+    load_checkpoint,
+    mask_state,
+    restore_checkpoint,
+    save_checkpoint,
+    set_mask_state,
+)
 from gpunet.train.engines import select_engine
 from gpunet.train.engines.base import StepControl
 from gpunet.train.guard import (
@@ -143,7 +151,9 @@ class Trainer:
         Y = check.check_targets(
             check.as_host_or_device_array(y, name_y, backend), name_y, X.shape[0], name_x
         )
-        with no_grad():  # one-sample probe: shape/dtype errors surface before training
+        # one-sample probe: shape/dtype errors surface before training (eval mode: no
+        # dropout mask drawn, no batch statistics of one row)
+        with no_grad(), eval_mode(self.model):
             probe = self.model(Tensor._wrap(backend.asarray(X[:1]), backend))
         if uses_class_indices(self.loss):
             check.check_class_labels(Y, probe.shape[1], name_y)
@@ -386,15 +396,17 @@ class Trainer:
         return (*keys, "lr", "time")
 
     def _snapshot(self):
-        """Copies of the parameters and the optimizer's state dict."""
-        params = [p.data.copy() for p in self.model.parameters()]
-        return params, self.optimizer.state_dict()
+        """Copies of the parameters and buffers, and the optimizer's state dict."""
+        tensors = list(self.model._state_tensors().values())
+        arrays = [t.data.copy() for t in tensors]
+        return tensors, arrays, self.optimizer.state_dict(), mask_state(self.model)
 
     def _restore(self, snapshot) -> None:
-        params, optimizer_state = snapshot
-        for p, saved in zip(self.model.parameters(), params):
-            p.data[...] = saved
-            p.grad = None
+        tensors, arrays, optimizer_state, masks = snapshot
+        set_mask_state(self.model, masks)
+        for t, saved in zip(tensors, arrays):
+            t.data[...] = saved
+            t.grad = None
         self.optimizer.state, self.optimizer.param_groups = self.optimizer._validated_load(
             optimizer_state
         )[::-1]
@@ -461,10 +473,9 @@ class Trainer:
 
     # ----------------------------------------------------------- evaluation
     def _evaluate_arrays(self, X, Y, batch_size: int = 1024) -> dict:
-        self.model.eval()
         backend = self.backend
         loss_sum, correct, n = 0.0, 0, X.shape[0]
-        with no_grad():
+        with no_grad(), eval_mode(self.model):
             for start in range(0, n, batch_size):
                 xb = Tensor._wrap(X[start : start + batch_size], backend)
                 yb = Tensor._wrap(Y[start : start + batch_size], backend)
@@ -472,8 +483,8 @@ class Trainer:
                 loss_sum += float(self.loss(out, yb).data) * xb.shape[0]
                 if self.metrics:
                     correct += int(correct_count(out.data, yb.data, self.loss))
-        self.model.train()
-        result = {"loss": loss_sum / n}
+            reg = penalty(self.model)  # Keras: the reported loss includes the penalties
+        result = {"loss": loss_sum / n + (0.0 if reg is None else float(reg.data))}
         if self.metrics:
             result["accuracy"] = correct / n
         return result
@@ -498,16 +509,25 @@ def predict(model, x, batch_size: int = 1024) -> np.ndarray:
     backend = next(model.parameters()).backend
     X = check.check_features(check.as_host_or_device_array(x, "x", backend), "x", model.dtype)
     X = backend.asarray(X)
-    was_training = model.training
-    model.eval()
     outs = []
-    with no_grad():
+    with no_grad(), eval_mode(model):
         for start in range(0, X.shape[0], batch_size):
             outs.append(
                 backend.to_numpy(model(Tensor._wrap(X[start : start + batch_size], backend)).data)
             )
-    model.train(was_training)
     return np.concatenate(outs, axis=0)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """``model.eval()`` for the block, then the mode each module had (also on error)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def fit(

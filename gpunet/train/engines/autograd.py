@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from gpunet.autograd import Tensor
+from gpunet.regularizers import penalty
 from gpunet.train.engines.base import Engine
 from gpunet.train.metrics import correct_count
 
 
 class AutogradEngine(Engine):
-    """Forward, loss, backward and optimizer step per batch through autograd. Trains the
-    model's own arrays, so ``write_back`` has nothing to do."""
+    """Forward, loss (plus the layers' penalties, ``gpunet.regularizers.penalty``),
+    backward and optimizer step per batch through autograd. Trains the model's own
+    arrays, so ``write_back`` has nothing to do."""
 
     name = "autograd"
     trains_in_place = True
@@ -47,6 +49,9 @@ class AutogradEngine(Engine):
             yb = Tensor._wrap(y[rows], backend)
             out = self.model(xb)
             loss = self.loss(out, yb)
+            reg = penalty(self.model)  # Keras: layer penalties join the loss
+            if reg is not None:
+                loss = loss + reg
             if control is not None and control.skip_nonfinite(bool(xp.isfinite(loss.data))):
                 break
             self.optimizer.zero_grad()

@@ -20,10 +20,28 @@ import numpy as np
 
 from gpunet.activations import get_activation
 from gpunet.losses import CrossEntropyLoss, MSELoss
-from gpunet.nn import GELU, Identity, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Tanh
+from gpunet.nn import (
+    GELU,
+    BatchNorm1d,
+    DropConnectDense,
+    Dropout,
+    Identity,
+    LeakyReLU,
+    Linear,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Tanh,
+)
 from gpunet.train.callbacks import wants_batch_hooks
 
 ACTIVATION_MODULES = (ReLU, Sigmoid, Tanh, GELU, LeakyReLU)
+# layers the fused kernels do not run yet: the reason a fused engine gives for each
+UNFUSED_LAYERS = (
+    (BatchNorm1d, "BatchNorm1d is trained by the autograd engine only"),
+    (Dropout, "Dropout is trained by the autograd engine only"),
+    (DropConnectDense, "DropConnectDense is trained by the autograd engine only"),
+)
 # optimizer update name -> state keys held in the flat buffers S[0], S[1], S[2]
 STATE_SLOTS = {
     "sgd": ("momentum_buffer", None, None),
@@ -41,6 +59,11 @@ def dense_layers(model):
     for module in model:
         if isinstance(module, Identity):
             continue
+        for kind, reason in UNFUSED_LAYERS:
+            if isinstance(module, kind):
+                return reason
+        if getattr(module, "kernel_regularizer", None) or getattr(module, "bias_regularizer", None):
+            return f"{module!r} has a weight penalty (kernel/bias_regularizer), not fused yet"
         if isinstance(module, Linear):
             layers.append([module, module.activation])
         elif isinstance(module, ACTIVATION_MODULES):
