@@ -141,3 +141,50 @@ def test_host_engine_against_independent_oracle(host_runtime, route):
     # the partial batch's step moved the weights: one step less gives other weights
     fewer = _oracle_sgd_steps(*start, X, y, 0.3, batches[:-1])
     assert not np.allclose(fewer[0], want[0], rtol=1e-6, atol=0)
+
+
+def test_host_engine_guard_names_the_bad_step_and_keeps_the_last_good_epoch(host_runtime):
+    """The loss kernel records the first non-finite step on the device; the engine
+    reports it and does not write back, so the model is the last good epoch's."""
+    from gpunet.train.guard import NonFiniteError
+
+    X, y = _data(np.float64, "ce")
+    model = _model(np.float64, 0)
+    opt = optim.SGD(model.parameters(), lr=0.05)
+
+    class BlowUp(gpunet.train.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                opt.param_groups[0]["lr"] = 1e306
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.kept = _weights(model)
+
+    def engine(m, lo, o, track):
+        return FusedGpuEngine(m, lo, o, track, runtime=host_runtime)
+
+    blow_up = BlowUp()
+    trainer = Trainer(model, CrossEntropyLoss(), opt, callbacks=[blow_up], engine=engine, verbose=0)
+    with pytest.raises(NonFiniteError, match=r"epoch 2, step 2 of 3") as info:
+        trainer.fit(X, y, epochs=3, batch_size=8, shuffle=False)
+    assert info.value.step == 2
+    for got, want in zip(_weights(model), blow_up.kept):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_host_engine_stops_between_steps(host_runtime):
+    from gpunet.train.engines.base import StepControl
+
+    X, y = _data(np.float64, "ce")
+    model = _model(np.float64, 0)
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    engine = FusedGpuEngine(model, CrossEntropyLoss(), opt, True, runtime=host_runtime)
+    engine.prepare(X, y, 4)
+    control = StepControl()
+    control.request_stop()  # as the Ctrl-C handler does: no step runs after it
+    engine.run_epoch(None, None, control)
+    assert control.steps == 0
+    control.array[control.STOP] = 0
+    engine.run_epoch(None, None, control)
+    engine.write_back()
+    assert control.steps == 6 and {s["step"] for s in opt.state.values()} == {6}

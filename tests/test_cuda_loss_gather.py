@@ -217,6 +217,22 @@ def test_accumulate_loss_sums_deterministically(host_runtime, dtype, n):
     assert cacc[0] == 4 + 2 * int(correct.sum()) and cur[0] == 10 + 128
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_accumulate_loss_records_the_first_non_finite_step(host_runtime, dtype, bad):
+    losses = np.ones(300, dtype)
+    correct = np.zeros(300, np.int32)
+    acc, cacc = np.zeros(1), np.zeros(1, np.int64)
+    cur, first_bad = np.array([0], np.int64), np.array([-1], np.int64)
+    for step in range(4):  # steps 2 and 3 are bad; the first one is kept
+        losses[137] = bad if step >= 2 else 1.0
+        loss_ops.accumulate_loss(
+            host_runtime, losses, correct, 1.0, acc, cacc, cur, 300, first_bad=first_bad
+        )
+        assert first_bad[0] == (-1 if step < 2 else 600)
+    assert cur[0] == 1200 and not np.isfinite(acc[0])
+
+
 # ------------------------------------------------------------------- gather_batch
 def _gather(rt, X, order, start, rows, labels=None, targets=None):
     cursor = np.array([start], np.int64)

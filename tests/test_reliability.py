@@ -408,6 +408,10 @@ def test_checkpoint_template_and_folder_are_checked_before_training(tmp_path):
     blocked = ModelCheckpoint(tmp_path / "file" / "c.safetensors")
     with pytest.raises(ValueError, match="not a directory"):
         Trainer(model, "cross_entropy", opt, callbacks=[blocked], verbose=0).fit(X, y, epochs=1)
+    if os.path.isdir("/proc/self"):  # no file can be created there, even by root
+        proc = ModelCheckpoint("/proc/self/c.safetensors")
+        with pytest.raises(ValueError, match="cannot write in '/proc/self'"):
+            Trainer(model, "cross_entropy", opt, callbacks=[proc], verbose=0).fit(X, y, epochs=1)
     assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))
     assert len(opt.state) == 0
 

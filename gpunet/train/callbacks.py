@@ -76,9 +76,11 @@ def _mode_for(path) -> int:
 
 def check_writable(path, what: str) -> None:
     """Raise ValueError naming ``what`` and ``path`` unless a file can be written there:
-    not a directory, and its folder (the nearest existing one, as ``atomic_write``
-    creates missing ones) writable. Called before training, so nothing trained is lost
-    to a bad path afterwards."""
+    not a directory, and a file can be created in its folder (the nearest existing one,
+    as ``atomic_write`` creates missing ones; probed by creating and removing a
+    temporary file, since permission bits do not tell for root or special file
+    systems). Called before training, so nothing trained is lost to a bad path
+    afterwards."""
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise ValueError(f"{what} {path!r} is a directory, not a file")
@@ -87,8 +89,14 @@ def check_writable(path, what: str) -> None:
         if os.path.exists(folder):
             raise ValueError(f"{what} {path!r}: {folder!r} is not a directory")
         folder = os.path.dirname(folder)
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {path!r}: cannot write in {folder!r}")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".gpunet-write-check.")
+    except OSError as error:
+        raise ValueError(
+            f"{what} {path!r}: cannot write in {folder!r} ({error.strerror})"
+        ) from None
+    os.close(fd)
+    os.remove(probe)
 
 
 def _as_float(value) -> float:
