@@ -70,6 +70,14 @@ def stream_key(seed: int, counter: int) -> int:
     return int(mix64(mix64(s + GOLDEN) + c * GOLDEN)[0])
 
 
+def stream_keys(seed: int, counters) -> np.ndarray:
+    """``(len(counters),)`` uint64: :func:`stream_key` of ``seed`` with each counter
+    (the keys of a fused epoch's steps, computed at once)."""
+    s = np.array([int(seed) % 2**64], dtype=U64)
+    c = np.asarray(counters, dtype=np.int64).astype(U64)
+    return mix64(mix64(s + GOLDEN) + c * GOLDEN)
+
+
 def random_bits(xp, key: int, n: int):
     """``(n,)`` uint64: ``bits(key, i)`` for ``i = 0 .. n-1``, computed with ``xp``."""
     index = xp.arange(1, n + 1, dtype=U64)

@@ -1,5 +1,6 @@
-"""Which engine trains the regularization layers: the fused engines refuse them with a
-reason, ``engine="auto"`` falls back to autograd, and the autograd engine applies them."""
+"""Which engine trains the regularization layers: the fused engines refuse the ones they
+do not run with a reason, ``engine="auto"`` falls back to autograd; the fused CPU engine
+runs Dropout after a layer's activation and gives the autograd engine's weights."""
 
 import numpy as np
 import pytest
@@ -18,9 +19,13 @@ MODELS = {
         lambda: nn.Sequential(nn.Dense(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dense(8, 3)),
         "BatchNorm1d",
     ),
-    "dropout": (
-        lambda: nn.Sequential(nn.Dense(6, 8, "relu"), nn.Dropout(0.5), nn.Dense(8, 3)),
-        "Dropout",
+    "input_dropout": (
+        lambda: nn.Sequential(nn.Dropout(0.5), nn.Dense(6, 8, "relu"), nn.Dense(8, 3)),
+        "Dropout on the input",
+    ),
+    "dropout_before_activation": (
+        lambda: nn.Sequential(nn.Dense(6, 8), nn.Dropout(0.5), nn.ReLU(), nn.Dense(8, 3)),
+        "does not directly follow a linear layer",
     ),
     "dropconnect": (
         lambda: nn.Sequential(nn.DropConnectDense(6, 8, "relu", p=0.5), nn.Dense(8, 3)),
@@ -46,3 +51,71 @@ def test_fused_refuses_and_auto_picks_autograd(kind):
     trainer = Trainer(model, "cross_entropy", opt, engine="auto", verbose=0, progress=False)
     trainer.fit(X, Y, epochs=1, batch_size=8)
     assert trainer.engine_name == "autograd"
+
+
+def test_gpu_engine_refuses_dropout_for_now():
+    from gpunet.train.engines.fused_gpu import FusedGpuEngine
+    from gpunet.train.engines.qualify import fused_model_reason
+
+    assert not FusedGpuEngine.runs_dropout
+    model = nn.Sequential(nn.Dense(6, 8, "relu"), nn.Dropout(0.5), nn.Dense(8, 3))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    reason = fused_model_reason(model, nn.CrossEntropyLoss(), opt, [], dropout=False)
+    assert "Dropout" in reason
+    assert fused_model_reason(model, nn.CrossEntropyLoss(), opt, [], dropout=True) is None
+
+
+DROPOUT_NETS = {
+    "relu": lambda: nn.Sequential(
+        nn.Dense(6, 16, "relu"), nn.Dropout(0.5), nn.Dense(16, 12, "tanh"), nn.Dense(12, 3)
+    ),
+    "gelu_tanh": lambda: nn.Sequential(
+        nn.Dense(6, 16, "gelu"),
+        nn.Dropout(0.3),
+        nn.Dense(16, 12),
+        nn.Tanh(),
+        nn.Dropout(0.2),
+        nn.Dense(12, 3),
+    ),
+    "after_output": lambda: nn.Sequential(
+        nn.Dense(6, 16, "sigmoid"), nn.Dropout(0.1), nn.Dense(16, 3), nn.Dropout(0.25)
+    ),
+}
+
+
+@pytest.mark.parametrize("loss_name", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("batch_size", [1, 7, 40])  # stochastic, partial last batch, full
+@pytest.mark.parametrize("net", sorted(DROPOUT_NETS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_dropout_gives_the_autograd_weights(net, batch_size, loss_name, dtype):
+    """The fused CPU epoch draws each step's masks from the layers' (seed, counter), as
+    the autograd Dropout does: same weights (1e-10 float64, 1e-5 float32), same
+    counters, and the masks matter (p = 0 trains otherwise)."""
+    targets = Y if loss_name == "cross_entropy" else rng.standard_normal((40, 3)).astype(dtype)
+    results = {}
+    for engine in ("autograd", "fused", "no_mask"):
+        gpunet.manual_seed(0)
+        model = DROPOUT_NETS[net]().to(dtype=dtype)
+        if engine == "no_mask":
+            for m in model:
+                if isinstance(m, nn.Dropout):
+                    m.p = 0.0
+        opt = optim.Adam(model.parameters(), lr=0.01)
+        trainer = Trainer(
+            model,
+            loss_name,
+            opt,
+            engine="autograd" if engine == "autograd" else "fused",
+            verbose=0,
+            progress=False,
+        )
+        trainer.fit(X.astype(dtype), targets, epochs=3, batch_size=batch_size, seed=1)
+        counters = [m.counter for m in model if isinstance(m, nn.Dropout)]
+        results[engine] = ([p.data.copy() for p in model.parameters()], counters)
+    tol = 1e-10 if dtype == np.float64 else 1e-5
+    (want, want_counts), (got, got_counts) = results["autograd"], results["fused"]
+    assert got_counts == want_counts == [3 * -(-40 // batch_size)] * len(want_counts)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    plain = results["no_mask"][0]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(plain, want)) > 1e-3

@@ -103,6 +103,9 @@ def forward_backward(
         smoothing,
         mean_reduction,
         np.empty(rows, P.dtype),
+        np.zeros(0, np.uint64),  # no dropout on two-thread steps
+        np.zeros(0, np.uint64),
+        np.zeros(0, P.dtype),
     )
     sums_end = col_sums.shape[0]
     for l in range(n_layers - 1, -1, -1):

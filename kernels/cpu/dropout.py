@@ -4,9 +4,10 @@
 pass, of their gradient) by ``keep / (1 - p)``, drawing each element's mask bit in the
 loop from its index, with the very :func:`gpunet.counter_rng.mix64` that the ``xp``
 reference runs on arrays. A block of rows (a batch half) or of columns (a
-model-parallel half) gets the bits of its place in the whole mask. Not yet called by
-the fused epoch (which refuses Dropout, see ``gpunet.train.engines.qualify``); tested
-against the reference in ``tests/test_dropout_kernels.py``.
+model-parallel half) gets the bits of its place in the whole mask. The fused epoch's
+one-thread steps call it (``fused_step.forward_and_loss`` and the backward pass of
+``fused_mlp.train_epoch``); tested against the reference in
+``tests/test_dropout_kernels.py``.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ Two-thread steps, when the caller runs a :func:`step_worker` beside the epoch
   weight matrix from the two ``dW``s added.
 The pieces of a step (losses, weight updates, workspace) are in :mod:`fused_step`.
 
-Layer table ``layers`` (L, 5) int64: ``n_in, n_out, w_param, b_param (-1: none), act``.
+Layer table ``layers`` (L, 6) int64: ``n_in, n_out, w_param, b_param (-1: none), act,
+dropout`` (1: a Dropout follows the layer; only the one-thread steps run those).
 Parameter table ``params`` (K, 2) int64: ``offset, size`` into ``P``.
 """
 
@@ -67,6 +68,7 @@ from gpunet.kernels.cpu.dense import (
     GELU,
     _backward_epilogue,
 )
+from gpunet.kernels.cpu.dropout import dropout_block
 from gpunet.kernels.cpu.fused_step import (
     LOSS_CODES,
     batch_loss,
@@ -279,10 +281,11 @@ def scratch_rows(n, batch_size, two_threads):
 def workspace_size(layers, rows: int, gather: bool = False) -> int:
     """Elements of scratch for steps of ``rows`` rows (:func:`scratch_rows`): per layer,
     activations and output gradients (rows, width), plus saved pre-activations for GELU
-    layers; with ``gather`` (a shuffled epoch), the step's input rows (rows, features)
-    too."""
+    layers and activations before the mask for layers a Dropout follows; with ``gather``
+    (a shuffled epoch), the step's input rows (rows, features) too."""
     widths = layers[:, 1]
-    per_row = 2 * int(widths.sum()) + int(widths[layers[:, 4] == GELU].sum())
+    separate_saved = (layers[:, 4] == GELU) | (layers[:, 5] != 0)
+    per_row = 2 * int(widths.sum()) + int(widths[separate_saved].sum())
     if gather:
         per_row += int(layers[0, 0])
     return rows * per_row
@@ -315,6 +318,9 @@ def train_epoch(
     shared,
     G_b,
     control,
+    drop_keys,
+    drop_thresholds,
+    drop_scales,
 ):
     """Train over ``X`` (N, F) in batches of ``batch_size``; the targets are ``labels``
     (N,) int64 for cross-entropy or ``targets`` (N, K) float for MSE (the other one is
@@ -334,6 +340,10 @@ def train_epoch(
     ``control`` (4,) int64 (``gpunet.train.engines.base.StepControl``): ``[stop request,
     steps done, first non-finite step or -1, end the epoch at a non-finite loss]``;
     checked and updated between steps (:func:`end_of_step`).
+    Dropout (after layers whose table row says so; such epochs run every step on this
+    thread): ``drop_keys`` (steps, L) uint64 the mask key of each step and layer,
+    ``drop_thresholds`` (L,) uint64 (0: no dropout), ``drop_scales`` (L,) ``1 / (1 - p)``
+    in ``P``'s dtype; ``drop_keys`` (0, 0) when the model has none.
     Returns ``(loss_sum, correct)``: batch-mean losses times batch sizes, summed, and the
     number of correct arg-max predictions (cross-entropy only).
     """
@@ -363,8 +373,10 @@ def train_epoch(
     generation = flags[FLAG_GENERATION] if two_threads else 0
     col_sums = np.zeros(int(layers[:, 1].sum()), np.float64)
     count = 0  # barriers of model-parallel steps passed
+    no_keys = np.zeros(0, np.uint64)
     for start in range(0, n, batch_size):
         nb = min(batch_size, n - start)
+        step_keys = drop_keys[start // batch_size] if drop_keys.shape[0] != 0 else no_keys
         if two_threads and data_parallel_split(nb):
             total, step_correct, generation = data_parallel_step(
                 X,
@@ -465,6 +477,9 @@ def train_epoch(
             smoothing,
             mean_reduction,
             loss_rows,
+            step_keys,
+            drop_thresholds,
+            drop_scales,
         )
         correct += batch_correct
         loss_sum += batch_loss(loss_kind, total, nb, layers[n_layers - 1, 1], mean_reduction)
@@ -482,6 +497,8 @@ def train_epoch(
             w_off = params[wp, 0]
             W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
             dz = grads[l][:nb]  # dy on entry; the epilogue turns it into dz in place
+            if step_keys.shape[0] != 0 and drop_thresholds[l] != 0:  # through the mask
+                dropout_block(dz, step_keys[l], drop_thresholds[l], drop_scales[l], 0, 0, n_out)
             b_off = params[bp, 0] if bp >= 0 else 0
             db = G[b_off : b_off + n_out] if bp >= 0 else no_bias_grad[:n_out]
             _backward_epilogue(dz, saved[l][:nb], dz, db, act)

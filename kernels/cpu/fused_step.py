@@ -11,7 +11,8 @@
 - the workspace: per-layer activations, saved pre-activations and output gradients
   (:func:`carve_layers`), the gathered batch, forward plus loss (:func:`forward_and_loss`).
 
-Layer table ``layers`` (L, 5) int64: ``n_in, n_out, w_param, b_param (-1: none), act``.
+Layer table ``layers`` (L, 6) int64: ``n_in, n_out, w_param, b_param (-1: none), act,
+dropout`` (1: a Dropout follows the layer; only the one-thread steps run those).
 Parameter table ``params`` (K, 2) int64: ``offset, size`` into the flat buffer ``P``.
 """
 
@@ -35,6 +36,7 @@ from gpunet.kernels.cpu.dense import (
     _forward_epilogue,
     _like,
 )
+from gpunet.kernels.cpu.dropout import dropout_block
 from gpunet.kernels.cpu.gather import gather_rows
 from gpunet.kernels.cpu.softmax_xent import _softmax_xent_rows
 from gpunet.kernels.cpu.update_rules import (
@@ -296,8 +298,9 @@ def gather_batch(X, labels, targets, rows, xb, label_rows, target_rows):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def carve_layers(work, layers, rows):
-    """Per-layer activations, saved pre-activations (GELU; else the activations) and
-    output gradients, each (rows, width), carved out of ``work`` one after another;
+    """Per-layer activations, saved pre-activations (GELU) or activations before dropout
+    (layers a Dropout follows; else the activations themselves) and output gradients,
+    each (rows, width), carved out of ``work`` one after another;
     returns ``(acts, saved, grads, end)``, ``end`` the first element left over."""
     acts = []
     saved = []
@@ -308,7 +311,7 @@ def carve_layers(work, layers, rows):
         shape = (rows, layers[l, 1])
         acts.append(work[off : off + size].reshape(shape))
         off += size
-        if layers[l, 4] == GELU:
+        if layers[l, 4] == GELU or layers[l, 5] != 0:  # dropout changes acts in place
             saved.append(work[off : off + size].reshape(shape))
             off += size
         else:
@@ -335,12 +338,18 @@ def forward_and_loss(
     smoothing,
     mean_reduction,
     loss_rows,
+    step_keys,
+    drop_thresholds,
+    drop_scales,
 ):
     """Forward of the rows ``xb`` (rows, F) into ``acts`` / ``saved`` (their first rows),
     then the loss against ``y_b`` (labels) or ``t_b`` (targets), part of a batch of
     ``batch_rows``, with its gradient in the last layer's ``grads``. ``zero_bias``:
     zeros at least as wide as any layer (the bias of layers without one); ``loss_rows``
-    at least (rows,). Returns ``(loss sum, correct)``."""
+    at least (rows,). Dropout (the whole batch's rows only): ``step_keys`` (L,) uint64
+    this step's mask key per layer (empty: no dropout), ``drop_thresholds`` (L,) uint64
+    (0: none after that layer), ``drop_scales`` (L,) ``1 / (1 - p)``; the activations
+    before the mask go to ``saved``. Returns ``(loss sum, correct)``."""
     rows = xb.shape[0]
     n_layers = layers.shape[0]
     a_prev = xb
@@ -360,6 +369,10 @@ def forward_and_loss(
         else:
             b = zero_bias[:n_out]
         _forward_epilogue(z, b, saved[l][:rows], act)
+        if layers[l, 5] != 0 and act != GELU:  # a separate buffer (carve_layers): the
+            saved[l][:rows, :] = z  # derivative reads the activations before the mask
+        if step_keys.shape[0] != 0 and drop_thresholds[l] != 0:
+            dropout_block(z, step_keys[l], drop_thresholds[l], drop_scales[l], 0, 0, n_out)
         a_prev = z
     return loss_and_gradient(
         acts[n_layers - 1][:rows],

@@ -49,9 +49,11 @@ def fused_unsupported_reason(model, loss, optimizer, backend, callbacks) -> str 
     """None if a fused engine can train this setup on ``backend``, else why not (for
     messages): first the device (:func:`_fused_engine_class`), then the model, loss,
     optimizer and callbacks (:func:`fused_model_reason`)."""
-    _, reason = _fused_engine_class(backend)
+    engine_class, reason = _fused_engine_class(backend)
     if reason is None:
-        reason = fused_model_reason(model, loss, optimizer, callbacks)
+        reason = fused_model_reason(
+            model, loss, optimizer, callbacks, dropout=engine_class.runs_dropout
+        )
     return reason
 
 
@@ -86,10 +88,9 @@ def select_engine(
         )
     if choice == "autograd":
         return AutogradEngine(model, loss, optimizer, track_accuracy)
-    engine_class, reason = _fused_engine_class(backend)
+    reason = fused_unsupported_reason(model, loss, optimizer, backend, callbacks)
     if reason is None:
-        reason = fused_model_reason(model, loss, optimizer, callbacks)
-    if reason is None:
+        engine_class, _ = _fused_engine_class(backend)
         return engine_class(
             model,
             loss,

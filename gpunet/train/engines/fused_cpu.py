@@ -25,6 +25,7 @@ class FusedCpuEngine(Engine):
 
     name = "fused"
     whole_epochs = True
+    runs_dropout = True
     #: run steps of ``blas.MODEL_PARALLEL_MIN_ROWS`` rows or more on two threads where the
     #: process may use two CPUs: model-parallel below ``blas.DATA_PARALLEL_MIN_ROWS``,
     #: data-parallel from there (False: every step on the calling thread, same results)
@@ -44,7 +45,8 @@ class FusedCpuEngine(Engine):
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.track_accuracy = track_accuracy
         self.flush_denormals = flush_denormals
-        self.layers = dense_layers(model)
+        self.dropouts = {}  # layer index -> the Dropout module after it
+        self.layers = dense_layers(model, self.dropouts)
         self.backend = next(model.parameters()).backend
         self.kernels = self.backend.fused_epoch_kernel()
         # batch size -> scratch buffer, reused across epochs (and fits, when the caller
@@ -55,7 +57,7 @@ class FusedCpuEngine(Engine):
         self.loss_code = self.kernels.LOSS_CODES[
             "cross_entropy" if isinstance(loss, CrossEntropyLoss) else "mse"
         ]
-        self.state = FlatState(model, optimizer, self.layers, np)
+        self.state = FlatState(model, optimizer, self.layers, np, self.dropouts)
         self.params = self.state.params
         self.G_b = None  # the worker's dW in data-parallel steps, allocated on first use
         # set by prepare: contiguous X (N, features), labels (N,) int64 for cross-entropy
@@ -63,6 +65,7 @@ class FusedCpuEngine(Engine):
         self.X = self.labels = self.targets = None
         self.batch_size = None
         self._steps = None  # the last epoch's step counts until write_back
+        self._dropout_steps = 0  # steps the last epoch drew masks for, until write_back
 
     # ----------------------------------------------------------------- data
     def prepare(self, X, y, batch_size: int) -> None:
@@ -107,9 +110,13 @@ class FusedCpuEngine(Engine):
         order = np.ascontiguousarray(order, dtype=np.int64) if gather else np.zeros(0, np.int64)
         k = self.kernels
         # the worker's scratch has rows only if some step of the epoch splits
+        # dropout runs on the one-thread steps only (two-thread steps would need the
+        # masks of row and column halves)
         rows, worker_rows, two_threads = k.scratch_rows(
-            len(X), batch_size, self.two_threads and usable_cpus() >= 2
+            len(X), batch_size, self.two_threads and usable_cpus() >= 2 and not self.dropouts
         )
+        n_steps = -(-len(X) // batch_size)
+        drop_keys, drop_thresholds, drop_scales = self._dropout_tables(n_steps, X.dtype)
         work = self._workspace(rows, X.dtype, gather)
         smoothing = float(getattr(self.loss, "label_smoothing", 0.0))
         mean = self.loss.reduction == "mean"
@@ -171,9 +178,34 @@ class FusedCpuEngine(Engine):
                 shared,
                 G_b,
                 control_array,
+                drop_keys,
+                drop_thresholds,
+                drop_scales,
             )
         self._steps = steps
+        self._dropout_steps = n_steps if control is None else control.steps
         return float(loss_sum), (int(correct) if self.track_accuracy else None)
+
+    def _dropout_tables(self, n_steps: int, dtype):
+        """The kernel's dropout arguments for an epoch of ``n_steps`` steps: mask keys
+        (steps, L) uint64 from each Dropout's (seed, counter + step), thresholds (L,)
+        uint64 and scales (L,); (0, 0) keys when the model has no Dropout."""
+        from gpunet import counter_rng  # noqa: PLC0415
+
+        L = len(self.layers)
+        if not self.dropouts:
+            return np.zeros((0, 0), np.uint64), np.zeros(0, np.uint64), np.zeros(0, dtype)
+        keys = np.zeros((n_steps, L), np.uint64)
+        thresholds = np.zeros(L, np.uint64)
+        scales = np.ones(L, dtype)
+        for l, module in self.dropouts.items():
+            if module.p > 0:
+                keys[:, l] = counter_rng.stream_keys(
+                    module.seed, module.counter + np.arange(n_steps)
+                )
+                thresholds[l] = counter_rng.threshold(module.p)
+                scales[l] = 1.0 / (1.0 - module.p)
+        return keys, thresholds, scales
 
     def parameters_finite(self) -> bool:
         return bool(np.isfinite(self.state.P).all())
@@ -186,6 +218,9 @@ class FusedCpuEngine(Engine):
             return
         self.state.store(self._steps)
         self._steps = None
+        for module in self.dropouts.values():
+            if module.p > 0:  # the autograd layer draws no mask (and counts none) at p = 0
+                object.__setattr__(module, "counter", module.counter + self._dropout_steps)
         for p in self.params:
             p.grad = None
 

@@ -51,13 +51,24 @@ STATE_SLOTS = {
 }
 
 
-def dense_layers(model):
-    """``[(linear_module, activation_name)]`` for a fusable Sequential, else a reason str."""
+def dense_layers(model, dropouts: dict | None = None):
+    """``[(linear_module, activation_name)]`` for a fusable Sequential, else a reason str.
+
+    ``dropouts``: a dict to fill with ``{layer index: Dropout module}`` for a ``Dropout``
+    after a layer's activation (an engine that runs dropout passes one; without it a
+    ``Dropout`` makes the model unfusable)."""
     if not isinstance(model, Sequential):
         return f"the model is a {type(model).__name__}, not a Sequential"
     layers = []
     for module in model:
         if isinstance(module, Identity):
+            continue
+        if dropouts is not None and type(module) is Dropout:
+            if not layers:
+                return "Dropout on the input is trained by the autograd engine only"
+            if len(layers) - 1 in dropouts:
+                return "two Dropout layers in a row are trained by the autograd engine only"
+            dropouts[len(layers) - 1] = module
             continue
         for kind, reason in UNFUSED_LAYERS:
             if isinstance(module, kind):
@@ -70,7 +81,11 @@ def dense_layers(model):
             name = module.activation
             if name is None:
                 return f"{module!r} has a non-default slope"
-            if not layers or layers[-1][1] != "linear":
+            if (
+                not layers
+                or layers[-1][1] != "linear"
+                or (dropouts and len(layers) - 1 in dropouts)
+            ):
                 return f"{module!r} does not directly follow a linear layer"
             layers[-1][1] = get_activation(name).name
         else:
@@ -83,10 +98,11 @@ def dense_layers(model):
     return [tuple(pair) for pair in layers]
 
 
-def fused_model_reason(model, loss, optimizer, callbacks) -> str | None:
+def fused_model_reason(model, loss, optimizer, callbacks, dropout: bool = False) -> str | None:
     """None if a fused engine can train this model, loss, optimizer and callbacks on any
-    device that has one, else why not (for messages)."""
-    layers = dense_layers(model)
+    device that has one (``dropout``: one that runs ``Dropout`` layers), else why not
+    (for messages)."""
+    layers = dense_layers(model, {} if dropout else None)
     if isinstance(layers, str):
         return layers
     if not isinstance(loss, (CrossEntropyLoss, MSELoss)):
@@ -139,11 +155,12 @@ class FlatState:
       neither read nor write it
 
     Host tables (NumPy int64): ``param_table`` (K, 2) ``(offset, size)``;
-    ``layer_table`` (L, 5) ``(in_features, out_features, weight index, bias index or -1,
-    activation code)``, indices into the model's parameter order.
+    ``layer_table`` (L, 6) ``(in_features, out_features, weight index, bias index or -1,
+    activation code, 1 when a Dropout follows the layer)``, indices into the model's
+    parameter order.
     """
 
-    def __init__(self, model, optimizer, layers, xp):
+    def __init__(self, model, optimizer, layers, xp, dropouts=()):
         self.xp = xp
         self.optimizer = optimizer
         self.opt_name = optimizer._update_name
@@ -160,8 +177,9 @@ class FlatState:
                     index[id(lin.weight)],
                     -1 if lin.bias is None else index[id(lin.bias)],
                     _act_code(act),
+                    int(i in dropouts),
                 ]
-                for lin, act in layers
+                for i, (lin, act) in enumerate(layers)
             ],
             dtype=np.int64,
         )
