@@ -24,11 +24,11 @@ def load_weights(model, path, strict: bool = True, allow_nonfinite: bool = False
     written by ``ModelCheckpoint``) into ``model``. Everything is checked first, and
     nothing is changed if a key or shape does not match, or (unless
     ``allow_nonfinite``) a value is NaN or infinite; every error names the file."""
-    from gpunet.train.checkpoint import is_checkpoint  # noqa: PLC0415
+    from gpunet.train.checkpoint import is_checkpoint, model_tensors  # noqa: PLC0415
 
     tensors, metadata = read_safetensors(path)
     if is_checkpoint(metadata):
-        tensors = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+        tensors = model_tensors(tensors)
     try:
         model.check_state_dict(tensors, strict=strict, allow_nonfinite=allow_nonfinite)
     except (KeyError, ValueError, TypeError) as error:

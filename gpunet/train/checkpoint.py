@@ -190,6 +190,11 @@ def is_checkpoint(metadata: dict | None) -> bool:
     return bool(metadata) and _META_KEY in metadata
 
 
+def model_tensors(tensors: dict) -> dict:
+    """The model's ``state_dict`` part of a checkpoint's tensors (``model/<name>``)."""
+    return {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+
+
 def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`; every error names the file
     (missing, a directory, truncated or not safetensors, not a gpunet checkpoint, a
@@ -214,7 +219,7 @@ def load_checkpoint(path) -> Checkpoint:
             f"{path!r} is checkpoint format {meta['version']}; this gpunet reads up to "
             f"{FORMAT_VERSION} (upgrade gpunet)"
         )
-    model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    model_state = model_tensors(tensors)
     optimizer_state = optimizer_class = None
     if meta.get("optimizer") is not None:
         opt = meta["optimizer"]

@@ -316,13 +316,17 @@ class Trainer:
                     break
                 control.reset()
                 self.callbacks.on_epoch_begin(epoch, {})
-                logs = self._run_epoch(engine, control, epoch, epochs, n, batch_size, shuffle)
+                lr = self.optimizer.param_groups[0]["lr"]
+                start = time.perf_counter()
+                logs = self._run_epoch(
+                    engine, control, epoch, epochs, n, batch_size, shuffle, interactive
+                )
                 if logs is None:  # stopped inside the epoch (non-finite "stop", Ctrl-C)
                     break
                 if val is not None:
                     logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val).items()})
-                logs["lr"] = logs.pop("lr")
-                logs["time"] = logs.pop("time")
+                logs["lr"] = lr
+                logs["time"] = time.perf_counter() - start
                 history.record(epoch, logs, iterations)
                 self.epochs_done = epoch + 1
                 self.callbacks.on_epoch_end(epoch, logs)
@@ -337,11 +341,10 @@ class Trainer:
             raise KeyboardInterrupt
         return history
 
-    def _run_epoch(self, engine, control, epoch, epochs, n, batch_size, shuffle):
-        """One epoch through ``engine``; its logs (loss, accuracy, lr, time), or None
-        when training ends inside it."""
+    def _run_epoch(self, engine, control, epoch, epochs, n, batch_size, shuffle, interactive):
+        """One epoch through ``engine``; its logs (loss, and accuracy when tracked), or
+        None when training ends inside it."""
         history = self.history
-        lr = self.optimizer.param_groups[0]["lr"]
         xp = self.backend.xp
         # a full batch is one step whatever the order; otherwise the engine gathers each
         # batch's rows (no shuffled copy of the data set)
@@ -353,8 +356,6 @@ class Trainer:
         snapshot = self._snapshot() if guard and engine.trains_in_place else None
         self.model.train()
         iterations = math.ceil(n / batch_size)
-        interactive = self.progress and _is_terminal(sys.stderr)
-        start = time.perf_counter()
         with tqdm(
             total=n,
             desc=f"epoch {epoch + 1}/{epochs}",
@@ -385,8 +386,6 @@ class Trainer:
         logs = {"loss": loss_sum / n}
         if correct is not None:
             logs["accuracy"] = correct / n
-        logs["lr"] = lr
-        logs["time"] = time.perf_counter() - start
         return logs
 
     def _log_keys(self, validation: bool) -> tuple:
@@ -407,9 +406,8 @@ class Trainer:
         for t, saved in zip(tensors, arrays):
             t.data[...] = saved
             t.grad = None
-        self.optimizer.state, self.optimizer.param_groups = self.optimizer._validated_load(
-            optimizer_state
-        )[::-1]
+        groups, state = self.optimizer._validated_load(optimizer_state)
+        self.optimizer.param_groups, self.optimizer.state = groups, state
 
     def _nonfinite(self, epoch, bad, iterations):
         where = f"epoch {epoch + 1}, step {bad + 1} of {iterations}"
