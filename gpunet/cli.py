@@ -1,4 +1,4 @@
-"""Command line: ``gpunet train`` and ``gpunet info``."""
+"""Command line: ``gpunet train``, ``gpunet compile`` and ``gpunet info``."""
 
 from __future__ import annotations
 
@@ -23,18 +23,35 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, backends and devices")
     info.set_defaults(func=cmd_info)
 
+    comp = sub.add_parser(
+        "compile",
+        help="compile the CPU kernels now (otherwise the first runs compile them in the "
+        "background and use NumPy's ops and the autograd engine meanwhile)",
+    )
+    comp.add_argument(
+        "--dtype",
+        nargs="+",
+        default=["float32"],
+        choices=("float32", "float64"),
+        help="the fused epoch kernels' dtypes",
+    )
+    comp.set_defaults(func=cmd_compile)
+
+    from gpunet.data.recipes import describe as describe_recipes  # noqa: PLC0415
+
     t = sub.add_parser(
         "train",
         help="train a dense network on a built-in data set",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=RecipeHelpFormatter,
+        epilog=describe_recipes(),
     )
     t.add_argument("--dataset", default="digits", choices=DATASETS)
     t.add_argument(
         "--hidden",
         type=int,
         nargs="*",
-        default=[128, 64],
-        help="hidden layer widths (none for a linear model)",
+        default=None,
+        help="hidden layer widths (none for a linear model; default: the data set's recipe)",
     )
     t.add_argument("--activation", default="relu", help="relu, leaky_relu, sigmoid, tanh or gelu")
     t.add_argument(
@@ -54,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="L2 penalty (decoupled for adamw; default 0, adamw 0.01)",
     )
     t.add_argument(
-        "--dropout", type=float, default=0.0, metavar="P", help="Dropout(P) after each hidden layer"
+        "--dropout",
+        type=float,
+        default=None,
+        metavar="P",
+        help="Dropout(P) after each hidden layer (default: the data set's recipe)",
     )
     t.add_argument(
         "--dropconnect",
@@ -85,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATIENCE",
         help="stop after PATIENCE epochs without val_loss improvement and restore the best weights",
     )
-    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--epochs", type=int, default=None, help="default: the data set's recipe")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument(
         "--mode",
@@ -125,6 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     t.set_defaults(func=cmd_train)
     return parser
+
+
+class RecipeHelpFormatter(
+    argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter
+):
+    """Defaults in the help, the recipes' epilog as written; no "(default: None)" for
+    the options a recipe sets."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def apply_recipe(args) -> None:
+    """Fill the options left unset (None) from the data set's recipe."""
+    from gpunet.data.recipes import recipe  # noqa: PLC0415
+
+    for key, value in recipe(args.dataset).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def build_model(
@@ -250,6 +292,7 @@ def cmd_train(args) -> int:
     from gpunet.train.callbacks import atomic_write  # noqa: PLC0415
     from gpunet.train.guard import NonFiniteError  # noqa: PLC0415
 
+    apply_recipe(args)
     check_paths(args)  # before any data is loaded or any epoch runs
     check_regularization_args(args)
     gpunet.manual_seed(args.seed)
@@ -415,6 +458,18 @@ def cmd_info(args) -> int:
     from gpunet.kernels.cuda.runtime import nvrtc_status  # noqa: PLC0415
 
     print(f"nvrtc: {nvrtc_status()}")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from gpunet.backend import jit_cache  # noqa: PLC0415
+    from gpunet.train.warmup import compile_now  # noqa: PLC0415
+
+    for name in ["ops", *(jit_cache.epoch_set(d) for d in args.dtype)]:
+        if jit_cache.is_cached(name):
+            print(f"{name}: already compiled ({jit_cache.marker_path(name).parent})")
+        else:
+            compile_now(name)
     return 0
 
 

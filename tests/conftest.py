@@ -1,4 +1,4 @@
-"""Shared fixtures of the CUDA tiers.
+"""Shared settings, and the fixtures of the CUDA tiers.
 
 T1 (``-m nvcc``) needs nvcc, T2 (``-m cudahost``) a C++20 compiler. Under CI
 (``GPUNET_CI=1``, set by ``.ci/run``) a missing tool fails the tier instead of skipping it.
@@ -10,6 +10,11 @@ import os
 import shutil
 
 import pytest
+
+# Numba's own behaviour for the suite: kernels compile on first use, in this process
+# (gpunet's default compiles missing kernels in a background process and uses NumPy's
+# ops meanwhile; tests/test_jit_cache.py tests that mode)
+os.environ.setdefault("GPUNET_COMPILE", "foreground")
 
 
 def _missing(what: str):

@@ -20,7 +20,7 @@ def test_train_digits_with_defaults_reaches_97_percent(tmp_path, capsys):
     assert "test accuracy" in printed and "training time" in printed
     report = json.loads(out.read_text())
     assert report["summary"]["test_accuracy"] >= 0.97
-    assert report["summary"]["engine"] == "fused"
+    assert report["summary"]["engine"] in ("autograd", "fused")  # auto: the faster here
     assert len(report["history"]["history"]["loss"]) == report["summary"]["epochs_run"]
     model = build_model(64, [128, 64], 10, "relu", np.float32, "cpu")
     load_weights(model, str(weights))

@@ -263,19 +263,21 @@ def test_early_stopping_and_scheduler_behave_the_same_on_both_engines():
     assert_close(w1, w2, 1e-9, "restored weight")
 
 
-def test_auto_picks_fused_for_dense_models_and_autograd_otherwise():
+def test_auto_measures_on_dense_models_and_takes_autograd_otherwise():
     X, y = make_data(np.float32, "ce_mean")
     model = make_model(np.float32)
     trainer = Trainer(
         model, nn.CrossEntropyLoss(), optim.SGD(model.parameters()), progress=False, verbose=0
     )
     trainer.fit(X, y, epochs=1)
-    assert trainer.engine_name == "fused"
+    assert type(trainer._select_engine()).__name__ == "AutoCpuEngine"
+    assert trainer.engine_name == "autograd"  # epoch 1 always runs on autograd
     odd = nn.Sequential(nn.Flatten(), nn.Linear(N_FEATURES, N_CLASSES))
     trainer = Trainer(
         odd, nn.CrossEntropyLoss(), optim.SGD(odd.parameters()), progress=False, verbose=0
     )
     trainer.fit(X, y, epochs=1)
+    assert type(trainer._select_engine()).__name__ == "AutogradEngine"
     assert trainer.engine_name == "autograd"
     with pytest.raises(ValueError, match="engine='fused' cannot train this model: layer Flatten"):
         Trainer(

@@ -29,12 +29,26 @@ class NumpyBackend(Backend):
     def is_native(self, array) -> bool:
         return isinstance(array, np.ndarray)
 
+    @staticmethod
+    def kernels_ready() -> bool:
+        """Whether this process runs the Numba kernels for the ops below, rather than the
+        base class's NumPy reference: decided once per process by
+        :func:`gpunet.backend.jit_cache.use` (kernels not yet compiled start
+        compiling in the background)."""
+        from gpunet.backend import jit_cache  # noqa: PLC0415
+
+        return jit_cache.use("ops")
+
     def dense_forward(self, x, W, b, act: str):
+        if not self.kernels_ready():
+            return super().dense_forward(x, W, b, act)
         from gpunet.kernels.cpu import dense  # noqa: PLC0415
 
         return dense.dense_forward(x, W, b, act)
 
     def dense_backward(self, dy, x, W, saved, act: str, need_dx: bool = True):
+        if not self.kernels_ready():
+            return super().dense_backward(dy, x, W, saved, act, need_dx)
         from gpunet.kernels.cpu import dense  # noqa: PLC0415
 
         return dense.dense_backward(dy, x, W, saved, act, need_dx)
@@ -42,11 +56,15 @@ class NumpyBackend(Backend):
     def softmax_cross_entropy(
         self, logits, target, label_smoothing: float = 0.0, grad_scale: float = 1.0
     ):
+        if not self.kernels_ready():
+            return super().softmax_cross_entropy(logits, target, label_smoothing, grad_scale)
         from gpunet.kernels.cpu import softmax_xent  # noqa: PLC0415
 
         return softmax_xent.softmax_cross_entropy(logits, target, label_smoothing, grad_scale)
 
     def fused_update(self, optimizer_name: str):
+        if not self.kernels_ready():
+            return None
         from gpunet.kernels.cpu import optim_updates  # noqa: PLC0415
 
         return optim_updates.fused_update(optimizer_name)

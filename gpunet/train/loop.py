@@ -23,14 +23,8 @@ from gpunet.random import draw_seed, epoch_permutation
 from gpunet.regularizers import penalty
 from gpunet.train import validation as check
 from gpunet.train.callbacks import CallbackList, LRSchedulerCallback, wants_batch_hooks
-from gpunet.train.checkpoint import (
-    load_checkpoint,
-    mask_state,
-    restore_checkpoint,
-    save_checkpoint,
-    set_mask_state,
-)
-from gpunet.train.engines import select_engine
+from gpunet.train.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from gpunet.train.engines import AutoCpuEngine, select_engine
 from gpunet.train.engines.base import StepControl
 from gpunet.train.guard import (
     INTERRUPT_POLICIES,
@@ -40,6 +34,7 @@ from gpunet.train.guard import (
 )
 from gpunet.train.history import History
 from gpunet.train.metrics import correct_count, resolve_metrics, uses_class_indices
+from gpunet.train.snapshot import restore_snapshot, take_snapshot
 
 MODES = ("batch", "stochastic", "minibatch")
 ENGINES = ("auto", "autograd", "fused")
@@ -64,6 +59,13 @@ def batch_size_for_mode(mode: str | None, batch_size, n_samples: int) -> int:
     if mode == "stochastic":
         return 1
     return check.check_batch_size(batch_size, n_samples)
+
+
+def engine_label(engine) -> str:
+    """How the fit's first line names the engine."""
+    if isinstance(engine, AutoCpuEngine):
+        return f"auto ({engine.name} first, then the faster)"
+    return engine.name
 
 
 class Trainer:
@@ -130,6 +132,8 @@ class Trainer:
         self.on_nonfinite, self.on_interrupt = on_nonfinite, on_interrupt
         self.stop_training = False
         self.engine_name = None
+        self.last_engine = None  # the engine of the last fit
+        self._engine_decision = None
         self.history = None  # the running fit's History
         self.seed = None  # the running fit's shuffle seed
         self.epochs_done = 0  # epochs completed by the running fit (resumed ones included)
@@ -264,7 +268,7 @@ class Trainer:
             check_config = getattr(cb, "check_config", None)
             if check_config is not None:
                 check_config(self.log_keys)
-        engine = self._select_engine()
+        engine = self.last_engine = self._select_engine()
         history = History()
         first_epoch = 0
         if checkpoint is not None:
@@ -276,6 +280,7 @@ class Trainer:
                 seed = checkpoint.seed
         self.seed = draw_seed() if seed is None else int(seed)
         self.history, self.epochs_done = history, first_epoch
+        engine.plan(epochs - first_epoch)
         engine.prepare(X, Y, batch_size)  # once per fit: the data in the engine's layout
         self.engine_name = engine.name
         history.iterations_per_epoch = iterations
@@ -283,7 +288,7 @@ class Trainer:
         if self.verbose:
             print(
                 f"gpunet: {regime_name(batch_size, n)}, {iterations} iterations/epoch, "
-                f"{engine.name} engine on {self.backend.device}",
+                f"{engine_label(engine)} engine on {self.backend.device}",
                 file=sys.stderr,
             )
 
@@ -329,6 +334,7 @@ class Trainer:
                 logs["time"] = time.perf_counter() - start
                 history.record(epoch, logs, iterations)
                 self.epochs_done = epoch + 1
+                self._note_engine(engine)
                 self.callbacks.on_epoch_end(epoch, logs)
                 if self.verbose:
                     tqdm.write(self._epoch_line(epoch, epochs, logs), file=sys.stderr)
@@ -340,6 +346,16 @@ class Trainer:
         if history.interrupted and self.on_interrupt == "raise":
             raise KeyboardInterrupt
         return history
+
+    def _note_engine(self, engine) -> None:
+        """After an epoch: the engine now training (``engine="auto"`` may switch), and
+        with ``verbose`` one line when it has just decided."""
+        decision = getattr(engine, "decision", None)
+        if decision is not None and decision != self._engine_decision:
+            self._engine_decision = decision
+            if self.verbose:
+                tqdm.write(f"gpunet: engine='auto' -> {decision}", file=sys.stderr)
+        self.engine_name = engine.name
 
     def _run_epoch(self, engine, control, epoch, epochs, n, batch_size, shuffle, interactive):
         """One epoch through ``engine``; its logs (loss, and accuracy when tracked), or
@@ -395,19 +411,10 @@ class Trainer:
         return (*keys, "lr", "time")
 
     def _snapshot(self):
-        """Copies of the parameters and buffers, and the optimizer's state dict."""
-        tensors = list(self.model._state_tensors().values())
-        arrays = [t.data.copy() for t in tensors]
-        return tensors, arrays, self.optimizer.state_dict(), mask_state(self.model)
+        return take_snapshot(self.model, self.optimizer)
 
     def _restore(self, snapshot) -> None:
-        tensors, arrays, optimizer_state, masks = snapshot
-        set_mask_state(self.model, masks)
-        for t, saved in zip(tensors, arrays):
-            t.data[...] = saved
-            t.grad = None
-        groups, state = self.optimizer._validated_load(optimizer_state)
-        self.optimizer.param_groups, self.optimizer.state = groups, state
+        restore_snapshot(snapshot, self.model, self.optimizer)
 
     def _nonfinite(self, epoch, bad, iterations):
         where = f"epoch {epoch + 1}, step {bad + 1} of {iterations}"

@@ -24,6 +24,26 @@ import functools
 import hashlib
 import os
 
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@functools.cache
+def _file_hash(path, mtime, size):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).digest()
+
+
+def package_stamp() -> bytes:
+    """sha256 over the names and contents of every ``.py`` file of this package."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(PACKAGE_DIR)):
+        if name.endswith(".py"):
+            path = os.path.join(PACKAGE_DIR, name)
+            st = os.stat(path)
+            h.update(name.encode())
+            h.update(_file_hash(path, st.st_mtime, st.st_size))
+    return h.digest()
+
 
 def _install_package_cache_stamp() -> bool:
     """Stamp Numba cache entries of functions defined in this directory with a hash of
@@ -42,22 +62,7 @@ def _install_package_cache_stamp() -> bool:
         locators = impl._locator_classes
     except (ImportError, AttributeError):
         return False
-    pkg_dir = os.path.dirname(os.path.abspath(__file__))
-
-    @functools.cache
-    def file_hash(path, mtime, size):
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).digest()
-
-    def package_stamp():
-        h = hashlib.sha256()
-        for name in sorted(os.listdir(pkg_dir)):
-            if name.endswith(".py"):
-                path = os.path.join(pkg_dir, name)
-                st = os.stat(path)
-                h.update(name.encode())
-                h.update(file_hash(path, st.st_mtime, st.st_size))
-        return h.digest()
+    pkg_dir = PACKAGE_DIR
 
     def in_package(py_file):
         return os.path.dirname(os.path.abspath(py_file)) == pkg_dir

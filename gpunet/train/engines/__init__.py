@@ -17,12 +17,14 @@ package never imports ``gpunet.train.loop``.
 
 from __future__ import annotations
 
+from gpunet.train.engines.auto import AutoCpuEngine
 from gpunet.train.engines.autograd import AutogradEngine
 from gpunet.train.engines.base import Engine
 from gpunet.train.engines.fused_cpu import FusedCpuEngine
 from gpunet.train.engines.qualify import dense_layers, fused_model_reason
 
 __all__ = [
+    "AutoCpuEngine",
     "AutogradEngine",
     "Engine",
     "FusedCpuEngine",
@@ -71,11 +73,14 @@ def select_engine(
 ) -> Engine:
     """The engine that trains ``model`` with ``loss`` and ``optimizer`` on ``backend``.
 
-    ``choice``: "autograd"; "auto" (the device's fused engine when the setup qualifies,
-    else autograd); "fused" (the fused engine, or ValueError naming why it cannot); or a
-    callable ``factory(model, loss, optimizer, track_accuracy) -> Engine``, which is
-    called as is. ``flush_denormals`` and ``workspace_cache`` (scratch kept across fits)
-    go to a fused engine.
+    ``choice``: "autograd"; "auto" (autograd when the setup does not qualify for the
+    device's fused engine; else on a GPU the fused engine, on the CPU
+    :class:`AutoCpuEngine`, which measures both between epochs); "fused" (the fused
+    engine, or ValueError naming why it cannot); or a callable
+    ``factory(model, loss, optimizer, track_accuracy) -> Engine``, which is called as is.
+    ``flush_denormals`` and ``workspace_cache`` (scratch kept across fits) go to a fused
+    engine. An explicit "fused" on the CPU compiles its kernels first if they are not
+    (:mod:`gpunet.backend.jit_cache`), saying so.
     """
     if callable(choice):
         engine = choice(model, loss, optimizer, track_accuracy)
@@ -89,8 +94,13 @@ def select_engine(
     if choice == "autograd":
         return AutogradEngine(model, loss, optimizer, track_accuracy)
     reason = fused_unsupported_reason(model, loss, optimizer, backend, callbacks)
-    if reason is None:
-        engine_class, _ = _fused_engine_class(backend)
+    if reason is not None:
+        if choice == "fused":
+            raise ValueError(f"engine='fused' cannot train this model: {reason}")
+        return AutogradEngine(model, loss, optimizer, track_accuracy)
+    engine_class, _ = _fused_engine_class(backend)
+
+    def make_fused():
         return engine_class(
             model,
             loss,
@@ -99,6 +109,24 @@ def select_engine(
             flush_denormals,
             workspace_cache=workspace_cache,
         )
+
+    if engine_class is not FusedCpuEngine:
+        return make_fused()
+    from gpunet.backend import jit_cache  # noqa: PLC0415
+
+    kernel_set = jit_cache.epoch_set(model.dtype)
     if choice == "fused":
-        raise ValueError(f"engine='fused' cannot train this model: {reason}")
-    return AutogradEngine(model, loss, optimizer, track_accuracy)
+        if not jit_cache.is_ready(kernel_set) and jit_cache.compile_mode() == "background":
+            from gpunet.train.warmup import compile_now  # noqa: PLC0415
+
+            compile_now(kernel_set)  # a notice, the compile, its time
+        return make_fused()
+    return AutoCpuEngine(
+        lambda: AutogradEngine(model, loss, optimizer, track_accuracy),
+        make_fused,
+        lambda: jit_cache.use(kernel_set),
+        kernel_set,
+        model,
+        loss,
+        optimizer,
+    )

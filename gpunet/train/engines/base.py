@@ -139,6 +139,11 @@ class Engine(abc.ABC):
     #: training copies simply does not write back
     trains_in_place: bool = False
 
+    def plan(self, epochs: int) -> None:
+        """Told by the fit loop, before ``prepare``: how many epochs this fit will run
+        (an engine that adapts uses it; the rest ignore it)."""
+        return None
+
     def parameters_finite(self) -> bool:
         """True when every trained parameter is finite (after ``run_epoch``, before
         ``write_back``)."""

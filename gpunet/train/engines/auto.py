@@ -1,0 +1,220 @@
+"""``engine="auto"`` on the CPU: whichever engine finishes this fit first, measured.
+
+Which engine is faster depends on the network, the batch size, the machine and how busy
+it is (the fused epoch wins by 1.3-3x at small batches and can lose at 512 rows), and the
+fused kernels cost a load from Numba's cache (about half a second on a small machine) or
+a compile (minutes) before their first step. So :class:`AutoCpuEngine` measures, as
+``torch.backends.cudnn.benchmark`` does:
+
+1. Before the first epoch, a warm-up epoch on a few rows loads the autograd engine's
+   kernels. Every measured step is undone afterwards (:mod:`gpunet.train.snapshot`).
+2. The fit's time on autograd is projected from timed steps at the fit's batch size. If
+   the fit is too short to repay loading the fused kernels should they save
+   ``PAYBACK_SHARE`` of it, or the fused kernels are not compiled
+   (:func:`gpunet.backend.jit_cache.use`, which then starts compiling them in the
+   background for later fits), the fit runs on autograd.
+3. Otherwise the fused kernels are loaded and timed the same way, and the faster engine
+   runs the fit.
+
+Where an epoch has few steps (large batches), timing a few steps would cost a large part
+of an epoch, so the epochs themselves are the measurement: epoch 1 on autograd, epoch 2
+fused, then the faster; the switch between epochs is exact, since the model and
+optimizer hold the whole training state. A fit thus never waits for a compile and loses
+at most the load and one epoch on the slower engine. Results agree with either engine to
+rounding; a fit that must repeat bit for bit names its engine.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gpunet.train.engines.base import Engine
+
+#: the fused kernels are tried only if saving this share of the rest of the fit would
+#: repay their load time
+PAYBACK_SHARE = 0.1
+#: rows of the warm-up steps that load an engine's kernels
+WARMUP_ROWS = 64
+#: timed steps cover at least this many rows (and two steps)...
+PROBE_ROWS = 256
+#: ...and are measured this way only when an epoch has this many times more steps
+PROBE_SHARE_OF_EPOCH = 8
+#: the load time assumed before this process has measured one (a cached set of kernels
+#: loads in 0.3-0.8 s on a 2-core VM; a measured load replaces this)
+UNMEASURED_LOAD_SECONDS = 0.5
+
+_load_seconds: dict[str, float] = {}  # engine name -> its kernels' first load, this process
+
+
+class AutoCpuEngine(Engine):
+    """The autograd engine, then the fused engine where it is measured faster; see the
+    module docstring. ``make_autograd()`` and ``make_fused()`` build the two engines for
+    the same model, loss and optimizer; ``fused_ready()`` says (once) whether the fused
+    kernels, jit_cache set ``kernel_set``, may be used now."""
+
+    runs_dropout = True
+
+    def __init__(self, make_autograd, make_fused, fused_ready, kernel_set, model, loss, optimizer):
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.kernel_set = kernel_set  # the fused kernels' set (gpunet.backend.jit_cache)
+        self._make_fused, self._fused_ready = make_fused, fused_ready
+        self.autograd = make_autograd()
+        self.fused = None
+        self.current = self.autograd
+        self.planned_epochs = None
+        self.epoch_seconds: dict[str, float] = {}  # engine name -> its timed epoch
+        self.step_seconds: dict[str, float] = {}  # engine name -> its timed step
+        self.decision = None  # why the current engine, once decided
+        self._stage = "first"
+        self.epochs_done = 0
+        self._data = None
+        self._last_seconds = None
+
+    # the fit loop reads these per epoch: they follow the current engine
+    @property
+    def name(self) -> str:
+        return self.current.name
+
+    @property
+    def whole_epochs(self) -> bool:
+        return self.current.whole_epochs
+
+    @property
+    def trains_in_place(self) -> bool:
+        return self.current.trains_in_place
+
+    def plan(self, epochs: int) -> None:
+        self.planned_epochs = epochs
+
+    def prepare(self, X, y, batch_size: int) -> None:
+        self._data = (X, y, batch_size)
+        first = self._stage == "first"
+        if first and "autograd" not in _load_seconds:
+            _load_seconds["autograd"] = self._warm_up(self.autograd, "ops")
+        if first:
+            steps = -(-len(X) // batch_size)
+            probe_steps = max(2, -(-PROBE_ROWS // batch_size))
+            if steps >= PROBE_SHARE_OF_EPOCH * probe_steps:
+                self._choose_by_steps(probe_steps, steps)
+        self.autograd.prepare(X, y, batch_size)
+        if self.fused is not None:
+            self.fused.prepare(X, y, batch_size)
+
+    def run_epoch(self, order=None, on_batch_end=None, control=None):
+        start = time.perf_counter()
+        result = self.current.run_epoch(order, on_batch_end, control)
+        complete = control is None or (control.nonfinite_step < 0 and not control.stop_requested)
+        self._last_seconds = time.perf_counter() - start if complete else None
+        return result
+
+    def write_back(self) -> None:
+        self.current.write_back()
+        seconds, self._last_seconds = self._last_seconds, None
+        if seconds is not None:
+            self._decide(seconds)
+
+    def parameters_finite(self) -> bool:
+        return self.current.parameters_finite()
+
+    # ------------------------------------------------------------------ choice
+    def _fused_pays(self, autograd_seconds: float) -> str | None:
+        """None when the fused engine is worth trying against ``autograd_seconds`` for the
+        rest of the fit; else why not (after which the decision is final)."""
+        load = _load_seconds.get("fused") or _load_seconds.get("autograd")
+        if load is None:
+            load = UNMEASURED_LOAD_SECONDS
+        if autograd_seconds * PAYBACK_SHARE < load:
+            return (
+                f"the rest of the fit ({autograd_seconds:.2f} s on autograd) is too short "
+                "to repay loading the fused kernels"
+            )
+        if not self._fused_ready():
+            return "the fused kernels are not compiled yet"
+        return None
+
+    def _load_fused(self) -> None:
+        self.fused = self._make_fused()
+        if "fused" not in _load_seconds:
+            _load_seconds["fused"] = self._warm_up(self.fused, self.kernel_set)
+
+    def _choose_by_steps(self, probe_steps: int, steps: int) -> None:
+        """Time ``probe_steps`` steps of each engine at the fit's batch size and keep the
+        faster for the whole fit (the stage is then decided)."""
+        self._stage = "decided"
+        per_step = {"autograd": self._time_steps(self.autograd, probe_steps)}
+        why_not = self._fused_pays(per_step["autograd"] * steps * (self.planned_epochs or 1))
+        if why_not is not None:
+            self.decision = f"autograd: {why_not}"
+            return
+        self._load_fused()
+        per_step["fused"] = self._time_steps(self.fused, probe_steps)
+        self.step_seconds = per_step
+        if per_step["fused"] < per_step["autograd"]:
+            self.current = self.fused
+        self.decision = (
+            f"{self.current.name}: a step took {per_step['autograd'] * 1e3:.3g} ms on "
+            f"autograd, {per_step['fused'] * 1e3:.3g} ms fused"
+        )
+
+    def _time_steps(self, engine, count: int) -> float:
+        """Seconds per step of ``engine`` over ``count`` steps of the fit's batch size
+        (the second of two runs; undone afterwards)."""
+        from gpunet.train.snapshot import restore_snapshot, take_snapshot  # noqa: PLC0415
+
+        X, y, batch_size = self._data
+        rows = count * batch_size
+        snapshot = take_snapshot(self.model, self.optimizer)
+        try:
+            engine.prepare(X[:rows], y[:rows], batch_size)
+            engine.run_epoch()
+            start = time.perf_counter()
+            engine.run_epoch()
+            seconds = time.perf_counter() - start
+        finally:
+            restore_snapshot(snapshot, self.model, self.optimizer)
+        return seconds / count
+
+    def _decide(self, seconds: float) -> None:
+        """After a complete epoch of ``seconds`` on the current engine (written back)."""
+        self.epoch_seconds[self.current.name] = seconds
+        self.epochs_done += 1
+        if self._stage == "first":
+            self._stage = "decided"
+            left = (self.planned_epochs or 1) - self.epochs_done
+            why_not = self._fused_pays(seconds * left) if left >= 1 else "no epoch left"
+            if why_not is not None:
+                self.decision = f"autograd: {why_not}"
+            else:
+                self._load_fused()
+                self.fused.prepare(*self._data)
+                self.current = self.fused
+                self._stage = "fused trial"
+        elif self._stage == "fused trial":
+            self._stage = "decided"
+            fused, autograd = self.epoch_seconds["fused"], self.epoch_seconds["autograd"]
+            if fused > autograd:
+                self.current = self.autograd
+            self.decision = (
+                f"{self.current.name}: an epoch took {autograd:.3f} s on autograd, "
+                f"{fused:.3f} s fused"
+            )
+
+    def _warm_up(self, engine, kernel_set: str) -> float | None:
+        """One epoch of ``engine`` on the first rows (loading its kernels), whose steps
+        are then undone; its seconds, or None when the kernels had to be compiled (the
+        time then says nothing about a load)."""
+        from gpunet.backend import jit_cache  # noqa: PLC0415
+        from gpunet.train.snapshot import restore_snapshot, take_snapshot  # noqa: PLC0415
+
+        was_compiled = jit_cache.is_ready(kernel_set)
+        X, y, batch_size = self._data
+        rows = min(len(X), WARMUP_ROWS)
+        snapshot = take_snapshot(self.model, self.optimizer)
+        start = time.perf_counter()
+        try:
+            engine.prepare(X[:rows], y[:rows], min(batch_size, rows))
+            engine.run_epoch()
+        finally:
+            seconds = time.perf_counter() - start
+            restore_snapshot(snapshot, self.model, self.optimizer)
+        return seconds if was_compiled else None
