@@ -396,6 +396,11 @@ def cmd_train(args) -> int:
         f"{metric}  (test loss {test['loss']:.4f}, {len(history)} epochs, "
         f"{history.iterations} iterations, training time {train_time:.2f}s)"
     )
+    from gpunet.backend import jit_cache  # noqa: PLC0415
+
+    status = jit_cache.background_status()
+    if status is not None:
+        print(status, file=sys.stderr)
     return 0
 
 

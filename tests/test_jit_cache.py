@@ -28,13 +28,14 @@ def fresh(monkeypatch, tmp_path):
 
     class FakePopen:
         pid = 4242
+        returncode = None
 
         def __init__(self, args, **kwargs):
             started.append(args)
             assert kwargs["start_new_session"] and kwargs["env"]["GPUNET_COMPILE"] == "foreground"
 
         def poll(self):
-            return None
+            return self.returncode
 
     monkeypatch.setattr(jit_cache.subprocess, "Popen", FakePopen)
     return started
@@ -61,6 +62,11 @@ def test_a_missing_set_starts_one_background_compile_and_the_answer_sticks(fresh
     err = capsys.readouterr().err
     assert err.count("in the background (pid 4242") == 2 and err.count("gpunet compile") == 1
     assert "also compiling the fused CPU epoch kernels for float32" in err
+    assert "still compiling in the background (pid 4242" in jit_cache.background_status()
+    jit_cache.background_process().returncode = 0
+    assert "compiled in the background within" in jit_cache.background_status()
+    jit_cache.background_process().returncode = 1
+    assert "failed (exit 1)" in jit_cache.background_status()
     path = jit_cache.marker_path("ops")
     path.write_text("{}")
     assert jit_cache.is_cached("ops") and jit_cache.use("ops") is False

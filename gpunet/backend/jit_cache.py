@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 MODES = ("background", "foreground")
@@ -44,6 +45,7 @@ _mode: str | None = None
 _decided: dict[str, bool] = {}  # set -> the answer use() gave this process
 _compiled_here: set[str] = set()
 _background: subprocess.Popen | None = None
+_background_started = 0.0
 _requested: list[str] = []  # sets handed to background processes
 _lock = threading.Lock()
 
@@ -207,6 +209,9 @@ def _start_background(name: str) -> None:
     except OSError as err:
         print(f"gpunet: could not start the background compile: {err}", file=sys.stderr)
         return
+    else:
+        global _background_started
+        _background_started = time.monotonic()
     finally:
         if log is not subprocess.DEVNULL:
             log.close()
@@ -225,3 +230,20 @@ def _start_background(name: str) -> None:
 def background_process() -> subprocess.Popen | None:
     """The background compile this process started, if any."""
     return _background
+
+
+def background_status() -> str | None:
+    """One line on the background compile this process started (None if none): done
+    and how long it took, or still running and where its log is."""
+    if _background is None:
+        return None
+    log = cache_dir() / "gpunet-compile.log"
+    if _background.poll() is None:
+        return (
+            f"gpunet: kernels still compiling in the background (pid {_background.pid}; "
+            f"log {log}); later runs use them once compiled"
+        )
+    seconds = time.monotonic() - _background_started
+    if _background.returncode != 0:
+        return f"gpunet: the background compile failed (exit {_background.returncode}); see {log}"
+    return f"gpunet: kernels compiled in the background within {seconds:.0f} s; later runs use them"
