@@ -72,7 +72,7 @@ def test_a_switch_to_the_fused_engine_gives_the_autograd_weights(
 
 
 def test_short_fits_stay_on_autograd_without_loading_the_fused_kernels(load_seconds):
-    load_seconds.update(autograd=1e6)  # a load no fit here can repay
+    load_seconds.update(fused=1e6)  # a load no fit here can repay
     trainer, X, y = make_fit("auto")
     trainer.fit(X, y, epochs=5, batch_size=4)
     engine = trainer.last_engine
@@ -137,3 +137,18 @@ def test_timed_steps_choose_for_the_whole_fit_and_leave_no_trace(
     reference.fit(X, y, epochs=3, batch_size=4, seed=4)
     for got, want in zip(weights(trainer), weights(reference)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_the_load_time_measured_on_this_machine_decides(load_seconds, monkeypatch):
+    """Before this process has loaded the fused kernels, the load time recorded in the
+    cache's marker is the estimate."""
+    from gpunet.backend import jit_cache  # noqa: PLC0415
+
+    monkeypatch.setattr(jit_cache, "recorded_load_seconds", lambda name: 1e6)
+    trainer, X, y = make_fit("auto")
+    trainer.fit(X, y, epochs=5, batch_size=4)
+    assert trainer.last_engine.fused is None and "too short" in trainer.last_engine.decision
+    monkeypatch.setattr(jit_cache, "recorded_load_seconds", lambda name: 1e-9)
+    trainer, X, y = make_fit("auto")
+    trainer.fit(X, y, epochs=5, batch_size=4)
+    assert trainer.last_engine.fused is not None

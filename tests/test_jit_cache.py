@@ -154,3 +154,14 @@ def test_the_compile_process_writes_the_marker_that_later_processes_read(tmp_pat
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["True", "None"], out.stderr
+
+
+def test_a_measured_load_time_is_kept_in_the_marker(fresh):
+    assert jit_cache.recorded_load_seconds("epoch-float32") is None
+    jit_cache.record_load_seconds("epoch-float32", 0.4)  # no marker yet: nothing to add to
+    assert jit_cache.recorded_load_seconds("epoch-float32") is None
+    jit_cache.mark_compiled("epoch-float32", 90.0)
+    assert jit_cache.recorded_load_seconds("epoch-float32") is None
+    jit_cache.record_load_seconds("epoch-float32", 0.4)
+    assert jit_cache.recorded_load_seconds("epoch-float32") == 0.4
+    assert jit_cache.is_cached("epoch-float32")

@@ -171,8 +171,34 @@ def mark_compiled(name: str, seconds: float) -> None:
     with _lock:
         _compiled_here.add(name)
         _decided[name] = True
-    path = marker_path(name)
     record = {"set": name, "seconds": round(seconds, 3), "format": MARKER_FORMAT}
+    _write_json(marker_path(name), record)
+
+
+def recorded_load_seconds(name: str) -> float | None:
+    """How long loading set ``name`` from the cache took when last measured on this
+    machine (its marker's ``load_seconds``), or None."""
+    try:
+        value = json.loads(marker_path(name).read_text()).get("load_seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and value >= 0 else None
+
+
+def record_load_seconds(name: str, seconds: float) -> None:
+    """Store a measured load time of set ``name`` in its marker (if it has one)."""
+    path = marker_path(name)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    record["load_seconds"] = round(seconds, 4)
+    _write_json(path, record)
+
+
+def _write_json(path: Path, record: dict) -> None:
+    """Write ``record`` to ``path`` atomically; an unwritable cache directory only means
+    the set compiles (or is measured) again next time."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps(record))

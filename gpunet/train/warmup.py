@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import time
 
@@ -99,11 +100,36 @@ _WARMERS = {
 assert set(_WARMERS) == set(jit_cache.SETS)
 
 
+def time_load(name: str) -> float:
+    """Seconds this process takes to load the fused-epoch set ``name`` from the cache
+    (one tiny fit: what ``engine="auto"`` pays before its first fused step); recorded
+    in the set's marker. Run it in a fresh process."""
+    from gpunet import nn, optim  # noqa: PLC0415
+    from gpunet.train.loop import Trainer  # noqa: PLC0415
+
+    dtype = np.dtype(name.split("-", 1)[1])
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 6)).astype(dtype)
+    y = rng.integers(0, 3, 64)
+    model = nn.Sequential(nn.Dense(6, 5, "relu", dtype=dtype), nn.Dense(5, 3, dtype=dtype))
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    trainer = Trainer(model, "cross_entropy", opt, engine="fused", verbose=0, progress=False)
+    start = time.perf_counter()
+    trainer.fit(X, y, epochs=1, batch_size=32, seed=0)
+    seconds = time.perf_counter() - start
+    jit_cache.record_load_seconds(name, seconds)
+    return seconds
+
+
 def main(argv=None) -> int:
     """``python -m gpunet.train.warmup [--background] [SET ...]``: compile the sets (all
-    by default) that are not cached. With ``--background`` (how ``jit_cache.use`` starts
-    it): at low priority, after any other such process on the same cache has finished."""
+    by default) that are not cached, then time a fresh process loading each fused-epoch
+    set (``--time-load SET``). With ``--background`` (how ``jit_cache.use`` starts it):
+    at low priority, after any other such process on the same cache has finished."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--time-load"]:
+        print(f"loaded {args[1]} in {time_load(args[1]):.2f} s", flush=True)
+        return 0
     background = "--background" in args
     names = [a for a in args if a != "--background"] or list(jit_cache.SETS)
     for name in names:
@@ -120,6 +146,11 @@ def main(argv=None) -> int:
             if not jit_cache.is_cached(name):
                 seconds = compile_now(name, quiet=True)
                 print(f"{time.strftime('%F %T')} compiled {name} in {seconds:.1f} s", flush=True)
+                if name != "ops":  # what loading it costs a later process
+                    subprocess.run(
+                        [sys.executable, "-m", "gpunet.train.warmup", "--time-load", name],
+                        check=False,
+                    )
     finally:
         if lock is not None:
             lock.close()

@@ -39,11 +39,11 @@ WARMUP_ROWS = 64
 PROBE_ROWS = 256
 #: ...and are measured this way only when an epoch has this many times more steps
 PROBE_SHARE_OF_EPOCH = 8
-#: the load time assumed before this process has measured one (a cached set of kernels
-#: loads in 0.3-0.8 s on a 2-core VM; a measured load replaces this)
+#: the fused kernels' load time assumed before one was measured on this machine (the
+#: background compile measures it, and so does every first load; 0.3-0.8 s on a 2-core VM)
 UNMEASURED_LOAD_SECONDS = 0.5
 
-_load_seconds: dict[str, float] = {}  # engine name -> its kernels' first load, this process
+_load_seconds: dict[str, float | None] = {}  # engine -> its kernels' load here (None: compiled)
 
 
 class AutoCpuEngine(Engine):
@@ -120,9 +120,7 @@ class AutoCpuEngine(Engine):
     def _fused_pays(self, autograd_seconds: float) -> str | None:
         """None when the fused engine is worth trying against ``autograd_seconds`` for the
         rest of the fit; else why not (after which the decision is final)."""
-        load = _load_seconds.get("fused") or _load_seconds.get("autograd")
-        if load is None:
-            load = UNMEASURED_LOAD_SECONDS
+        load = self._fused_load_estimate()
         if autograd_seconds * PAYBACK_SHARE < load:
             return (
                 f"the rest of the fit ({autograd_seconds:.2f} s on autograd) is too short "
@@ -132,10 +130,24 @@ class AutoCpuEngine(Engine):
             return "the fused kernels are not compiled yet"
         return None
 
+    def _fused_load_estimate(self) -> float:
+        """Seconds loading the fused kernels will cost: 0 once loaded in this process,
+        else as last measured on this machine, else ``UNMEASURED_LOAD_SECONDS``."""
+        from gpunet.backend import jit_cache  # noqa: PLC0415
+
+        if "fused" in _load_seconds:
+            return _load_seconds["fused"] or 0.0
+        recorded = jit_cache.recorded_load_seconds(self.kernel_set)
+        return UNMEASURED_LOAD_SECONDS if recorded is None else recorded
+
     def _load_fused(self) -> None:
+        from gpunet.backend import jit_cache  # noqa: PLC0415
+
         self.fused = self._make_fused()
         if "fused" not in _load_seconds:
-            _load_seconds["fused"] = self._warm_up(self.fused, self.kernel_set)
+            seconds = _load_seconds["fused"] = self._warm_up(self.fused, self.kernel_set)
+            if seconds is not None:
+                jit_cache.record_load_seconds(self.kernel_set, seconds)
 
     def _choose_by_steps(self, probe_steps: int, steps: int) -> None:
         """Time ``probe_steps`` steps of each engine at the fit's batch size and keep the
