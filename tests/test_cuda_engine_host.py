@@ -143,6 +143,103 @@ def test_host_engine_against_independent_oracle(host_runtime, route):
     assert not np.allclose(fewer[0], want[0], rtol=1e-6, atol=0)
 
 
+class ReplayRuntime:
+    """The host build with a CUDA graph's semantics: ``capture`` records the step's
+    launches (scalar arguments and buffer addresses as they are then) without running
+    them, and every replay runs that record, so a value the step computes on the host
+    is frozen at capture, as on a GPU."""
+
+    captures_graphs = True
+
+    def __init__(self, host):
+        self.host, self.xp, self._record = host, host.xp, None
+
+    def __getattr__(self, name):
+        return getattr(self.host, name)
+
+    def launch(self, *args, **kwargs):
+        if self._record is None:
+            self.host.launch(*args, **kwargs)
+        else:
+            self._record.append((args, kwargs))
+
+    def capture(self, step):
+        self._record = []
+        try:
+            step()
+        finally:
+            record, self._record = self._record, None
+        return lambda: [self.host.launch(*a, **kw) for a, kw in record]
+
+
+def _dropout_model(dtype, p=(0.3, 0.2, 0.0, 0.25)):
+    """Dropout after a GELU layer, a separate Tanh, a p = 0 one and the output layer."""
+    gpunet.manual_seed(4)
+    model = nn.Sequential(
+        nn.Dense(F, H1, "gelu"),
+        nn.Dropout(p[0]),
+        nn.Linear(H1, H1),
+        nn.Tanh(),
+        nn.Dropout(p[1]),
+        nn.Dense(H1, H1, "relu", bias=False),
+        nn.Dropout(p[2]),
+        nn.Dense(H1, C),
+        nn.Dropout(p[3]),
+    )
+    return model.to(dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "batch_size", "route"),
+    [
+        (np.float64, 1, "kernels"),
+        (np.float64, 8, "kernels"),
+        (np.float64, N, "kernels"),
+        (np.float64, 8, "blas"),
+        (np.float32, 1, "kernels"),
+        (np.float32, 8, "kernels"),
+        (np.float32, N, "blas"),
+    ],
+)
+def test_host_engine_dropout_gives_the_autograd_weights(host_runtime, dtype, batch_size, route):
+    """Dropout in the GPU engine's step, its captured graph replayed (``ReplayRuntime``):
+    each replay draws the masks the autograd layers draw at that step (keys from the
+    device table, counters advanced on the device), so the weights agree (1e-10 float64,
+    1e-5 float32), the counters too, and the masks matter. (Batch 1 on 6 rows: every
+    host launch starts its block's threads.)"""
+    X, y = _data(dtype, "ce")
+    n = 6 if batch_size == 1 else N
+    X, y = X[:n], y[:n]
+    results = {}
+    for engine in ("autograd", "host", "no_mask"):
+        model = _dropout_model(dtype, (0.0,) * 4 if engine == "no_mask" else (0.3, 0.2, 0.0, 0.25))
+        opt = optim.Adam(model.parameters(), lr=0.01)
+        if engine != "host":
+            choice = "autograd"
+        else:
+
+            def choice(m, lo, o, track):
+                rt = ReplayRuntime(host_runtime)
+                return FusedGpuEngine(m, lo, o, track, runtime=rt, route=route)
+
+        trainer = Trainer(model, CrossEntropyLoss(), opt, engine=choice, progress=False, verbose=0)
+        hist = trainer.fit(X, y, epochs=2, batch_size=batch_size, seed=3)
+        counters = [m.counter for m in model if isinstance(m, nn.Dropout)]
+        results[engine] = (_weights(model), counters, hist.history["loss"])
+    tol = 1e-10 if dtype == np.float64 else 1e-5
+    (want, want_counts, want_loss), (got, got_counts, got_loss) = (
+        results["autograd"],
+        results["host"],
+    )
+    steps = 2 * -(-n // batch_size)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    assert got_counts == want_counts == [steps, steps, 0, steps]
+    np.testing.assert_allclose(got_loss, want_loss, rtol=tol)
+    plain = results["no_mask"][0]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(plain, want)) > 1e-3
+
+
 def test_host_engine_guard_names_the_bad_step_and_keeps_the_last_good_epoch(host_runtime):
     """The loss kernel records the first non-finite step on the device; the engine
     reports it and does not write back, so the model is the last good epoch's."""

@@ -53,11 +53,13 @@ def test_fused_refuses_and_auto_picks_autograd(kind):
     assert trainer.engine_name == "autograd"
 
 
-def test_gpu_engine_refuses_dropout_for_now():
+def test_dropout_is_fusable_on_engines_that_run_it():
+    """Both fused engines run Dropout (the GPU engine's step: tests/test_cuda_engine_host.py);
+    the reason is given to one that does not."""
     from gpunet.train.engines.fused_gpu import FusedGpuEngine
     from gpunet.train.engines.qualify import fused_model_reason
 
-    assert not FusedGpuEngine.runs_dropout
+    assert FusedGpuEngine.runs_dropout
     model = nn.Sequential(nn.Dense(6, 8, "relu"), nn.Dropout(0.5), nn.Dense(8, 3))
     opt = optim.SGD(model.parameters(), lr=0.1)
     reason = fused_model_reason(model, nn.CrossEntropyLoss(), opt, [], dropout=False)
