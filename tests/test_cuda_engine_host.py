@@ -172,47 +172,70 @@ class ReplayRuntime:
         return lambda: [self.host.launch(*a, **kw) for a, kw in record]
 
 
-def _dropout_model(dtype, p=(0.3, 0.2, 0.0, 0.25)):
-    """Dropout after a GELU layer, a separate Tanh, a p = 0 one and the output layer."""
+MASKED = (nn.Dropout, nn.DropConnectDense)
+
+
+def _masked_model(net, dtype):
+    """Net "dropout": after a GELU layer, a separate Tanh, a p = 0 one and the output
+    layer; "dropconnect": DropConnectDense as the first layer (with a Dropout after it), a p = 0
+    one, and the output layer without bias."""
     gpunet.manual_seed(4)
-    model = nn.Sequential(
-        nn.Dense(F, H1, "gelu"),
-        nn.Dropout(p[0]),
-        nn.Linear(H1, H1),
-        nn.Tanh(),
-        nn.Dropout(p[1]),
-        nn.Dense(H1, H1, "relu", bias=False),
-        nn.Dropout(p[2]),
-        nn.Dense(H1, C),
-        nn.Dropout(p[3]),
-    )
-    return model.to(dtype=dtype)
+    if net == "dropout":
+        layers = [
+            nn.Dense(F, H1, "gelu"),
+            nn.Dropout(0.3),
+            nn.Linear(H1, H1),
+            nn.Tanh(),
+            nn.Dropout(0.2),
+            nn.Dense(H1, H1, "relu", bias=False),
+            nn.Dropout(0.0),
+            nn.Dense(H1, C),
+            nn.Dropout(0.25),
+        ]
+    else:
+        layers = [
+            nn.DropConnectDense(F, H1, "relu", p=0.5),
+            nn.Dropout(0.2),
+            nn.DropConnectDense(H1, H1, "tanh", p=0.0),
+            nn.Dense(H1, H1, "gelu"),
+            nn.DropConnectDense(H1, C, p=0.3, bias=False),
+        ]
+    return nn.Sequential(*layers).to(dtype=dtype)
 
 
 @pytest.mark.parametrize(
-    ("dtype", "batch_size", "route"),
+    ("net", "dtype", "batch_size", "route"),
     [
-        (np.float64, 1, "kernels"),
-        (np.float64, 8, "kernels"),
-        (np.float64, N, "kernels"),
-        (np.float64, 8, "blas"),
-        (np.float32, 1, "kernels"),
-        (np.float32, 8, "kernels"),
-        (np.float32, N, "blas"),
+        ("dropout", np.float64, 1, "kernels"),
+        ("dropout", np.float64, 8, "kernels"),
+        ("dropout", np.float64, N, "kernels"),
+        ("dropout", np.float64, 8, "blas"),
+        ("dropout", np.float32, 1, "kernels"),
+        ("dropout", np.float32, 8, "kernels"),
+        ("dropout", np.float32, N, "blas"),
+        ("dropconnect", np.float64, 1, "kernels"),
+        ("dropconnect", np.float64, 8, "kernels"),
+        ("dropconnect", np.float64, N, "blas"),
+        ("dropconnect", np.float32, 8, "blas"),
+        ("dropconnect", np.float32, N, "kernels"),
     ],
 )
-def test_host_engine_dropout_gives_the_autograd_weights(host_runtime, dtype, batch_size, route):
-    """Dropout in the GPU engine's step, its captured graph replayed (``ReplayRuntime``):
-    each replay draws the masks the autograd layers draw at that step (keys from the
-    device table, counters advanced on the device), so the weights agree (1e-10 float64,
-    1e-5 float32), the counters too, and the masks matter. (Batch 1 on 6 rows: every
-    host launch starts its block's threads.)"""
+def test_host_engine_masks_give_the_autograd_weights(host_runtime, net, dtype, batch_size, route):
+    """Dropout and DropConnect in the GPU engine's step, its captured graph replayed
+    (``ReplayRuntime``): each replay draws the masks the autograd layers draw at that
+    step (keys from the device table, counters advanced on the device), so the weights
+    agree (1e-10 float64, 1e-5 float32), the counters too, and the masks matter.
+    (Batch 1 on 6 rows: every host launch starts its block's threads.)"""
     X, y = _data(dtype, "ce")
     n = 6 if batch_size == 1 else N
     X, y = X[:n], y[:n]
     results = {}
     for engine in ("autograd", "host", "no_mask"):
-        model = _dropout_model(dtype, (0.0,) * 4 if engine == "no_mask" else (0.3, 0.2, 0.0, 0.25))
+        model = _masked_model(net, dtype)
+        if engine == "no_mask":
+            for m in model:
+                if isinstance(m, MASKED):
+                    object.__setattr__(m, "p", 0.0)
         opt = optim.Adam(model.parameters(), lr=0.01)
         if engine != "host":
             choice = "autograd"
@@ -224,17 +247,18 @@ def test_host_engine_dropout_gives_the_autograd_weights(host_runtime, dtype, bat
 
         trainer = Trainer(model, CrossEntropyLoss(), opt, engine=choice, progress=False, verbose=0)
         hist = trainer.fit(X, y, epochs=2, batch_size=batch_size, seed=3)
-        counters = [m.counter for m in model if isinstance(m, nn.Dropout)]
+        counters = [m.counter for m in model if isinstance(m, MASKED)]
         results[engine] = (_weights(model), counters, hist.history["loss"])
     tol = 1e-10 if dtype == np.float64 else 1e-5
     (want, want_counts, want_loss), (got, got_counts, got_loss) = (
         results["autograd"],
         results["host"],
     )
-    steps = 2 * -(-n // batch_size)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
-    assert got_counts == want_counts == [steps, steps, 0, steps]
+    steps = 2 * -(-n // batch_size)
+    model = _masked_model(net, dtype)
+    assert got_counts == want_counts == [steps * (m.p > 0) for m in model if isinstance(m, MASKED)]
     np.testing.assert_allclose(got_loss, want_loss, rtol=tol)
     plain = results["no_mask"][0]
     assert max(float(np.abs(a - b).max()) for a, b in zip(plain, want)) > 1e-3

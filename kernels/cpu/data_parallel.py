@@ -106,6 +106,8 @@ def forward_backward(
         np.zeros(0, np.uint64),  # no dropout on two-thread steps
         np.zeros(0, np.uint64),
         np.zeros(0, P.dtype),
+        P[:0],  # nor DropConnect
+        np.zeros(0, np.int64),
     )
     sums_end = col_sums.shape[0]
     for l in range(n_layers - 1, -1, -1):

@@ -33,20 +33,20 @@ def _blocks(n: int) -> int:
 
 
 class KeyTable:
-    """The per-layer mask parameters of a network with L layers, on the device:
-    ``table`` (L, 4) int64 (seed bits, counter, threshold, active) and ``scales`` (L,)
-    ``1 / (1 - p)`` in the parameters' dtype. A layer with no Dropout (or ``p = 0``)
-    has threshold 0, scale 1 and active 0: its mask keeps everything and its counter
-    stays."""
+    """The parameters of M masks on the device (the GPU engine's rows: ``l`` the Dropout
+    after layer ``l``, ``L + l`` layer ``l``'s DropConnect): ``table`` (M, 4) int64
+    (seed bits, counter, threshold, active) and ``scales`` (M,) ``1 / (1 - p)`` in the
+    parameters' dtype. A row with no module (or ``p = 0``) has threshold 0, scale 1 and
+    active 0: its mask keeps everything and its counter stays."""
 
-    def __init__(self, xp, n_layers: int, dtype):
+    def __init__(self, xp, n_masks: int, dtype):
         self.xp = xp
-        self.table = xp.zeros((n_layers, 4), np.int64)
-        self.scales = xp.ones(n_layers, dtype)
+        self.table = xp.zeros((n_masks, 4), np.int64)
+        self.scales = xp.ones(n_masks, dtype)
 
     def load(self, modules: dict):
-        """Fill from ``{layer index: module with p, seed, counter}`` (in place: the
-        addresses a captured graph holds stay)."""
+        """Fill from ``{row: module with p, seed, counter}`` (in place: the addresses a
+        captured graph holds stay)."""
         table = np.zeros(self.table.shape, np.int64)
         scales = np.ones(self.scales.shape, self.scales.dtype)
         for l, m in modules.items():
@@ -57,14 +57,14 @@ class KeyTable:
         self.scales[...] = self.xp.asarray(scales)
 
     def counters(self, to_host) -> np.ndarray:
-        """(L,) int64: each layer's counter now (``to_host``: device -> NumPy)."""
+        """(M,) int64: each row's counter now (``to_host``: device -> NumPy)."""
         return np.asarray(to_host(self.table))[:, COUNTER].copy()
 
 
 def dropout_keyed(rt, src, dst, keys: KeyTable, layer: int):
-    """``dst = src * keep / (1 - p)`` with the mask of layer ``layer``'s (seed, counter)
-    read from ``keys`` on the device; ``src``, ``dst`` (rows, cols) C-contiguous, the
-    same array or not overlapping."""
+    """``dst = src * keep / (1 - p)`` with the mask of row ``layer`` of ``keys`` (its
+    seed, counter, threshold, scale read on the device); ``src``, ``dst`` (rows, cols)
+    C-contiguous, the same array or not overlapping."""
     if src.shape != dst.shape or not (src.flags.c_contiguous and dst.flags.c_contiguous):
         raise ValueError("dropout_keyed takes C-contiguous arrays of one shape")
     rows, cols = src.shape
@@ -79,7 +79,7 @@ def dropout_keyed(rt, src, dst, keys: KeyTable, layer: int):
 
 
 def dropout_advance(rt, keys: KeyTable):
-    """Every active layer's counter += 1 (on the device), at the end of a step."""
+    """Every active row's counter += 1 (on the device), at the end of a step."""
     n_layers = keys.table.shape[0]
     rt.launch(
         SOURCE,

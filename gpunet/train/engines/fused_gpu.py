@@ -12,7 +12,8 @@ cuBLAS (``cupy.matmul``) with the same epilogue kernels, eagerly; CuPy cannot ca
 cuBLAS. ``None`` picks by batch size (:func:`choose_route`). TF32 stays off unless the
 user sets ``CUPY_TF32=1``.
 
-Dropout after a layer's activation runs in the step: each layer's seed, counter,
+Dropout after a layer's activation and DropConnectDense run in the step (the masked
+weight in both products, ``dW`` through the mask): each mask's seed, counter,
 threshold and scale live in a device table (``dropout_ops.KeyTable``, loaded from the
 ``Dropout`` modules every epoch), the masks are drawn from it in the kernels and the
 step ends by advancing the counters on the device, so a captured graph's replays draw
@@ -59,6 +60,7 @@ class FusedGpuEngine(Engine):
     name = "fused"
     whole_epochs = True
     runs_dropout = True
+    runs_dropconnect = True
 
     def __init__(
         self,
@@ -83,18 +85,18 @@ class FusedGpuEngine(Engine):
         self.track_accuracy = track_accuracy
         self.fixed_route, self.use_graphs = route, graphs
         self.dropouts = {}  # layer index -> the Dropout module after it
-        pairs = dense_layers(model, self.dropouts)
-        self.state = FlatState(model, optimizer, pairs, self.xp, self.dropouts)
+        self.dropconnects = {}  # layer index -> the layer, a DropConnectDense
+        pairs = dense_layers(model, self.dropouts, self.dropconnects)
+        self.state = FlatState(model, optimizer, pairs, self.xp, self.dropouts, self.dropconnects)
         table = self.state.layer_table
         self.layers = [
-            fused_mlp.Layer(int(r[0]), int(r[1]), int(r[2]), int(r[3]), act, bool(r[5]))
+            fused_mlp.Layer(int(r[0]), int(r[1]), int(r[2]), int(r[3]), act, bool(r[5]), bool(r[6]))
             for r, (_, act) in zip(table, pairs)
         ]
-        self.keys = (
-            dropout_ops.KeyTable(self.xp, len(self.layers), self.state.dtype)
-            if self.dropouts
-            else None
-        )
+        # the key table's rows: l the Dropout after layer l, L + l layer l's DropConnect
+        L = len(self.layers)
+        self.masked = {**self.dropouts, **{L + l: m for l, m in self.dropconnects.items()}}
+        self.keys = dropout_ops.KeyTable(self.xp, 2 * L, self.state.dtype) if self.masked else None
         ce = isinstance(loss, CrossEntropyLoss)
         self.loss_spec = fused_mlp.LossSpec(
             fused_mlp.CROSS_ENTROPY if ce else fused_mlp.MSE,
@@ -151,7 +153,7 @@ class FusedGpuEngine(Engine):
         if order is not None:
             self.order[...] = xp.asarray(order, dtype=np.int64)
         if self.keys is not None:
-            self.keys.load(self.dropouts)
+            self.keys.load(self.masked)
         self.epoch.reset()
         step = fused_mlp.FusedStep(
             rt, self.layers, self.state.P, self.state.G, self.state.S, opt, self.loss_spec,
@@ -195,8 +197,8 @@ class FusedGpuEngine(Engine):
         self.state.store(self.backend.to_numpy(self.device_opt.steps))
         if self.keys is not None:  # the counters the steps advanced on the device
             counters = self.keys.counters(self.backend.to_numpy)
-            for l, module in self.dropouts.items():
-                object.__setattr__(module, "counter", int(counters[l]))
+            for row, module in self.masked.items():
+                object.__setattr__(module, "counter", int(counters[row]))
 
     # -------------------------------------------------------------- helpers
     def _runner(self, step, rows, order):
