@@ -373,15 +373,17 @@ def forward_and_loss(
     drop_scales,
     masked_w,
     masked_off,
+    first_row,
 ):
     """Forward of the rows ``xb`` (rows, F) into ``acts`` / ``saved`` (their first rows),
     then the loss against ``y_b`` (labels) or ``t_b`` (targets), part of a batch of
     ``batch_rows``, with its gradient in the last layer's ``grads``. ``zero_bias``:
     zeros at least as wide as any layer (the bias of layers without one); ``loss_rows``
-    at least (rows,). Dropout (the whole batch's rows only): ``step_keys`` (L,) uint64
-    this step's mask key per layer (empty: no dropout), ``drop_thresholds`` (L,) uint64
-    (0: none after that layer), ``drop_scales`` (L,) ``1 / (1 - p)``; the activations
-    before the mask go to ``saved``. DropConnect: ``masked_off`` (L,) int64, where
+    at least (rows,). Dropout: ``step_keys`` (L,) uint64 this step's mask key per layer
+    (empty: no dropout), ``drop_thresholds`` (L,) uint64 (0: none after that layer),
+    ``drop_scales`` (L,) ``1 / (1 - p)``, ``first_row`` the place of ``xb``'s first row
+    in the batch (a data-parallel half's rows draw their rows of the batch's mask); the
+    activations before the mask go to ``saved``. DropConnect: ``masked_off`` (L,) int64, where
     ``>= 0`` layer ``l`` multiplies by the masked weight ``masked_w[masked_off[l]:]``
     (out, in) (:func:`mask_weight`) instead of its own; empty: no DropConnect.
     Returns ``(loss sum, correct)``."""
@@ -410,7 +412,7 @@ def forward_and_loss(
         if layers[l, 5] != 0 and act != GELU:  # a separate buffer (carve_layers): the
             saved[l][:rows, :] = z  # derivative reads the activations before the mask
         if step_keys.shape[0] != 0 and drop_thresholds[l] != 0:
-            dropout_block(z, step_keys[l], drop_thresholds[l], drop_scales[l], 0, 0, n_out)
+            dropout_block(z, step_keys[l], drop_thresholds[l], drop_scales[l], first_row, 0, n_out)
         a_prev = z
     return loss_and_gradient(
         acts[n_layers - 1][:rows],
