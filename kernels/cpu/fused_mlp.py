@@ -37,8 +37,8 @@ Two-thread steps, when the caller runs a :func:`step_worker` beside the epoch
 The pieces of a step (losses, weight updates, workspace) are in :mod:`fused_step`.
 
 Layer table ``layers`` (L, 7) int64: ``n_in, n_out, w_param, b_param (-1: none), act,
-dropout, dropconnect`` (1: a Dropout follows the layer, run by the one-thread and
-data-parallel steps; 1: the layer is a DropConnectDense, one-thread steps only).
+dropout, dropconnect`` (1: a Dropout follows the layer, run by every step; 1: the
+layer is a DropConnectDense, one-thread steps only).
 Parameter table ``params`` (K, 2) int64: ``offset, size`` into ``P``.
 """
 
@@ -159,6 +159,7 @@ def step_worker(
         if generation < 0:
             return
         task = flags[FLAG_TASK]
+        step_keys = drop_keys[flags[FLAG_STEP]] if drop_keys.shape[0] != 0 else no_keys
         if task == TASK_MODEL_PARALLEL:
             count = model_parallel_part(
                 1,
@@ -182,13 +183,13 @@ def step_worker(
                 opt_kind,
                 do_flush,
                 no_loss,
+                (step_keys, drop_thresholds, drop_scales),
             )[0]
             if count < 0:
                 return
         elif task == TASK_FORWARD_BACKWARD:
             sums = shared[1:]
             sums[:] = 0.0
-            step_keys = drop_keys[flags[FLAG_STEP]] if drop_keys.shape[0] != 0 else no_keys
             loss, correct = forward_backward(
                 X,
                 labels,
@@ -272,24 +273,23 @@ def step_worker_thread(*args):
 
 
 @njit(cache=True, error_model="numpy")
-def _step_scratch_rows(nb, two_threads, model_parallel):
+def _step_scratch_rows(nb, two_threads):
     """Rows of scratch a step on ``nb`` rows needs (this thread's, the worker's) and
     whether it runs on two threads."""
     half = data_parallel_split(nb) if two_threads else 0
     if half:
         return half, nb - half, True
-    return nb, 0, two_threads and model_parallel and model_parallel_rows(nb)
+    return nb, 0, two_threads and model_parallel_rows(nb)
 
 
 @njit(cache=True, error_model="numpy")
-def scratch_rows(n, batch_size, two_threads, model_parallel=True):
+def scratch_rows(n, batch_size, two_threads):
     """Rows of scratch :func:`train_epoch` needs on this thread and on the worker
     thread, for an epoch of ``n`` rows in batches of ``batch_size`` (a data-parallel
     step takes half on each thread; a model-parallel one carves this thread's for both),
-    and whether any step runs on two threads. ``model_parallel`` False: the steps of
-    model-parallel sizes run on one thread (epochs with dropout)."""
-    full = _step_scratch_rows(min(batch_size, n), two_threads, model_parallel)
-    last = _step_scratch_rows(n % batch_size, two_threads, model_parallel)
+    and whether any step runs on two threads."""
+    full = _step_scratch_rows(min(batch_size, n), two_threads)
+    last = _step_scratch_rows(n % batch_size, two_threads)
     return max(full[0], last[0]), max(full[1], last[1]), full[2] or last[2]
 
 
@@ -369,9 +369,8 @@ def train_epoch(
     ``control`` (4,) int64 (``gpunet.train.engines.base.StepControl``): ``[stop request,
     steps done, first non-finite step or -1, end the epoch at a non-finite loss]``;
     checked and updated between steps (:func:`end_of_step`).
-    Dropout and DropConnect (after, or of, layers whose table row says so; with either,
-    the steps of model-parallel sizes run on this thread, and with DropConnect the
-    caller runs no worker): ``drop_keys`` (steps, 2L) uint64 the mask key of
+    Dropout and DropConnect (after, or of, layers whose table row says so; with
+    DropConnect the caller runs no worker): ``drop_keys`` (steps, 2L) uint64 the mask key of
     each step and layer, ``drop_thresholds`` (2L,) uint64 (0: keep all),
     ``drop_scales`` (2L,) ``1 / (1 - p)`` in ``P``'s dtype, column ``l`` the Dropout
     after layer ``l``, column ``L + l`` layer ``l``'s DropConnect; ``drop_keys`` (0, 0)
@@ -382,11 +381,9 @@ def train_epoch(
     n = X.shape[0]
     n_layers = layers.shape[0]
     two_threads = flags.shape[0] != 0
-    # dropout runs on data-parallel steps (each half draws its rows of the masks), not
-    # on model-parallel ones, nor DropConnect on either (the engine runs those epochs on
-    # one thread)
-    model_parallel = drop_keys.shape[0] == 0
-    rows = scratch_rows(n, batch_size, two_threads, model_parallel)[0]  # this thread's
+    # dropout runs on two-thread steps too (each thread draws its rows or columns of the
+    # masks), DropConnect on one-thread steps only (the caller then runs no worker)
+    rows = scratch_rows(n, batch_size, two_threads)[0]  # this thread's steps
     dtype_tiny = np.finfo(P.dtype).tiny
     # the per-layer activations, saved pre-activations (GELU) and output gradients live
     # in the caller's workspace (see workspace_size): reusing it across epochs avoids
@@ -455,7 +452,7 @@ def train_epoch(
             if end_of_step(control, total):
                 break
             continue
-        if two_threads and model_parallel and model_parallel_rows(nb):
+        if two_threads and model_parallel_rows(nb):
             total, step_correct, generation, count = model_parallel_step(
                 X,
                 labels,
@@ -488,6 +485,8 @@ def train_epoch(
                 label_rows,
                 target_rows,
                 loss_rows,
+                start // batch_size,
+                (step_keys, drop_thresholds, drop_scales),
             )
             correct += step_correct
             loss_sum += batch_loss(loss_kind, total, nb, layers[n_layers - 1, 1], mean_reduction)

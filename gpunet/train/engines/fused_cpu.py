@@ -112,13 +112,10 @@ class FusedCpuEngine(Engine):
         order = np.ascontiguousarray(order, dtype=np.int64) if gather else np.zeros(0, np.int64)
         k = self.kernels
         # the worker's scratch has rows only if some step of the epoch splits
-        # dropout runs on the one-thread and data-parallel steps (each half draws its
-        # rows of the masks), DropConnect on one-thread steps only
+        # dropout runs on every step (each thread of a two-thread step draws its rows
+        # or columns of the masks), DropConnect on one-thread steps only
         rows, worker_rows, two_threads = k.scratch_rows(
-            len(X),
-            batch_size,
-            self.two_threads and usable_cpus() >= 2 and not self.dropconnects,
-            not (self.dropouts or self.dropconnects),
+            len(X), batch_size, self.two_threads and usable_cpus() >= 2 and not self.dropconnects
         )
         n_steps = -(-len(X) // batch_size)
         drop_keys, drop_thresholds, drop_scales = self._dropout_tables(n_steps, X.dtype)
