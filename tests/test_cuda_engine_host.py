@@ -143,6 +143,127 @@ def test_host_engine_against_independent_oracle(host_runtime, route):
     assert not np.allclose(fewer[0], want[0], rtol=1e-6, atol=0)
 
 
+class ReplayRuntime:
+    """The host build with a CUDA graph's semantics: ``capture`` records the step's
+    launches (scalar arguments and buffer addresses as they are then) without running
+    them, and every replay runs that record, so a value the step computes on the host
+    is frozen at capture, as on a GPU."""
+
+    captures_graphs = True
+
+    def __init__(self, host):
+        self.host, self.xp, self._record = host, host.xp, None
+
+    def __getattr__(self, name):
+        return getattr(self.host, name)
+
+    def launch(self, *args, **kwargs):
+        if self._record is None:
+            self.host.launch(*args, **kwargs)
+        else:
+            self._record.append((args, kwargs))
+
+    def capture(self, step):
+        self._record = []
+        try:
+            step()
+        finally:
+            record, self._record = self._record, None
+        return lambda: [self.host.launch(*a, **kw) for a, kw in record]
+
+
+MASKED = (nn.Dropout, nn.DropConnectDense)
+
+
+def _masked_model(net, dtype):
+    """Net "dropout": after a GELU layer, a separate Tanh, a p = 0 one and the output
+    layer; "dropconnect": DropConnectDense as the first layer (with a Dropout after it), a p = 0
+    one, and the output layer without bias."""
+    gpunet.manual_seed(4)
+    if net == "dropout":
+        layers = [
+            nn.Dense(F, H1, "gelu"),
+            nn.Dropout(0.3),
+            nn.Linear(H1, H1),
+            nn.Tanh(),
+            nn.Dropout(0.2),
+            nn.Dense(H1, H1, "relu", bias=False),
+            nn.Dropout(0.0),
+            nn.Dense(H1, C),
+            nn.Dropout(0.25),
+        ]
+    else:
+        layers = [
+            nn.DropConnectDense(F, H1, "relu", p=0.5),
+            nn.Dropout(0.2),
+            nn.DropConnectDense(H1, H1, "tanh", p=0.0),
+            nn.Dense(H1, H1, "gelu"),
+            nn.DropConnectDense(H1, C, p=0.3, bias=False),
+        ]
+    return nn.Sequential(*layers).to(dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    ("net", "dtype", "batch_size", "route"),
+    [
+        ("dropout", np.float64, 1, "kernels"),
+        ("dropout", np.float64, 8, "kernels"),
+        ("dropout", np.float64, N, "kernels"),
+        ("dropout", np.float64, 8, "blas"),
+        ("dropout", np.float32, 1, "kernels"),
+        ("dropout", np.float32, 8, "kernels"),
+        ("dropout", np.float32, N, "blas"),
+        ("dropconnect", np.float64, 1, "kernels"),
+        ("dropconnect", np.float64, 8, "kernels"),
+        ("dropconnect", np.float64, N, "blas"),
+        ("dropconnect", np.float32, 8, "blas"),
+        ("dropconnect", np.float32, N, "kernels"),
+    ],
+)
+def test_host_engine_masks_give_the_autograd_weights(host_runtime, net, dtype, batch_size, route):
+    """Dropout and DropConnect in the GPU engine's step, its captured graph replayed
+    (``ReplayRuntime``): each replay draws the masks the autograd layers draw at that
+    step (keys from the device table, counters advanced on the device), so the weights
+    agree (1e-10 float64, 1e-5 float32), the counters too, and the masks matter.
+    (Batch 1 on 6 rows: every host launch starts its block's threads.)"""
+    X, y = _data(dtype, "ce")
+    n = 6 if batch_size == 1 else N
+    X, y = X[:n], y[:n]
+    results = {}
+    for engine in ("autograd", "host", "no_mask"):
+        model = _masked_model(net, dtype)
+        if engine == "no_mask":
+            for m in model:
+                if isinstance(m, MASKED):
+                    object.__setattr__(m, "p", 0.0)
+        opt = optim.Adam(model.parameters(), lr=0.01)
+        if engine != "host":
+            choice = "autograd"
+        else:
+
+            def choice(m, lo, o, track):
+                rt = ReplayRuntime(host_runtime)
+                return FusedGpuEngine(m, lo, o, track, runtime=rt, route=route)
+
+        trainer = Trainer(model, CrossEntropyLoss(), opt, engine=choice, progress=False, verbose=0)
+        hist = trainer.fit(X, y, epochs=2, batch_size=batch_size, seed=3)
+        counters = [m.counter for m in model if isinstance(m, MASKED)]
+        results[engine] = (_weights(model), counters, hist.history["loss"])
+    tol = 1e-10 if dtype == np.float64 else 1e-5
+    (want, want_counts, want_loss), (got, got_counts, got_loss) = (
+        results["autograd"],
+        results["host"],
+    )
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    steps = 2 * -(-n // batch_size)
+    model = _masked_model(net, dtype)
+    assert got_counts == want_counts == [steps * (m.p > 0) for m in model if isinstance(m, MASKED)]
+    np.testing.assert_allclose(got_loss, want_loss, rtol=tol)
+    plain = results["no_mask"][0]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(plain, want)) > 1e-3
+
+
 def test_host_engine_guard_names_the_bad_step_and_keeps_the_last_good_epoch(host_runtime):
     """The loss kernel records the first non-finite step on the device; the engine
     reports it and does not write back, so the model is the last good epoch's."""

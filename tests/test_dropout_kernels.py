@@ -61,3 +61,32 @@ def test_launchers_refuse_bad_blocks():
         numba_dropout(np.ones((2, 3)), 0.5, 1, 0, first_col=2, width=4)
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
         numba_dropout(np.ones((2, 3)), 1.0, 1, 0)
+
+
+@pytest.mark.cudahost
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_keyed_kernel_reads_its_key_from_the_device(host_runtime, dtype):
+    """The GPU engine's dropout: each layer's (seed, counter, p) from a device table,
+    out of place or in place, and ``dropout_advance`` moves the active layers' counters
+    on, so the same launches draw the next step's reference masks."""
+    from types import SimpleNamespace
+
+    layers = {
+        0: SimpleNamespace(p=0.5, seed=2**64 - 12345, counter=7),  # seed bits above 2**63
+        2: SimpleNamespace(p=0.9, seed=99, counter=0),
+        3: SimpleNamespace(p=0.0, seed=5, counter=4),  # p = 0: identity, counter stays
+    }
+    keys = dropout_ops.KeyTable(np, 4, dtype)
+    keys.load(layers)
+    x = rng.standard_normal((17, 130)).astype(dtype)
+    for step in range(2):
+        for l in range(4):
+            m = layers.get(l)
+            want = x if m is None or m.p == 0 else reference(x, m.p, m.seed, m.counter + step)
+            out = dropout_ops.dropout_keyed(host_runtime, x, np.empty_like(x), keys, l)
+            np.testing.assert_array_equal(out, want)
+            a = x.copy()
+            dropout_ops.dropout_keyed(host_runtime, a, a, keys, l)  # in place
+            np.testing.assert_array_equal(a, want)
+        dropout_ops.dropout_advance(host_runtime, keys)
+    assert list(keys.counters(np.asarray)) == [9, 0, 2, 4]

@@ -54,12 +54,17 @@ def test_gemm_forward_at_real_sizes(cupy, rt, shape, tile):
     np.testing.assert_allclose(cupy.asnumpy(y), want, rtol=1e-4, atol=1e-4)
 
 
-def _fit(device, engine, batch_size, opt_name, epochs=2, **engine_kw):
+def _fit(device, engine, batch_size, opt_name, epochs=2, masks=False, **engine_kw):
     from gpunet.train.engines.fused_gpu import FusedGpuEngine  # noqa: PLC0415
 
     gpunet.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.GELU(),
-                          nn.Linear(128, 10)).to(device)  # fmt: skip
+    if masks:  # DropConnect and Dropout
+        model = nn.Sequential(nn.DropConnectDense(64, 128, "relu", p=0.3), nn.Dropout(0.2),
+                              nn.Linear(128, 128), nn.GELU(), nn.Dropout(0.1),
+                              nn.Linear(128, 10)).to(device)  # fmt: skip
+    else:
+        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.GELU(),
+                              nn.Linear(128, 10)).to(device)  # fmt: skip
     opt = (
         optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         if opt_name == "sgd"
@@ -95,6 +100,17 @@ def test_graph_replay_equals_eager_bit_for_bit(cupy, batch_size):
     eager, _ = _fit("cuda", None, batch_size, "adam", 1, route="kernels", graphs=False)
     for a, b in zip(graph, eager):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("batch_size", [1, 96])
+def test_gpu_engine_masks_match_autograd(cupy, batch_size, monkeypatch):
+    """Dropout and DropConnect in captured steps: each graph replay draws the masks the
+    autograd layers draw at that step (keys and counters on the device)."""
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    cpu, _ = _fit("cpu", "autograd", batch_size, "adam", 1, masks=True)
+    gpu, _ = _fit("cuda", None, batch_size, "adam", 1, masks=True, route="kernels")
+    for a, b in zip(gpu, cpu):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_blas_route_matches_kernels_route(cupy):

@@ -295,3 +295,46 @@ def test_barrier_meets_or_gives_up(outcome):
     assert not waiter.is_alive()
     assert results[0] is (outcome == "both-arrive")
     assert flags[threads.FLAG_ARRIVED] == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_two_thread_steps_run_dropout(dtype, hand_overs, monkeypatch):
+    """Dropout on two-thread steps: each half of a data-parallel step draws its rows of
+    the step's masks, each thread of a model-parallel step its columns, so the weights
+    are the one-thread epoch's and the autograd engine's (1e-10 float64, 1e-5 float32):
+    900 rows in batches of 400, two data-parallel steps of two tasks each, then a
+    model-parallel one of 100 rows (the widths 16, 12 and 3: an odd split too)."""
+    from gpunet import optim
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((900, 6)).astype(dtype)
+    y = rng.integers(0, 3, 900)
+
+    def run(engine):
+        gpunet.manual_seed(0)
+        model = nn.Sequential(
+            nn.Dense(6, 16, "gelu"),
+            nn.Dropout(0.3),
+            nn.Dense(16, 12),
+            nn.Tanh(),
+            nn.Dropout(0.2),
+            nn.Dense(12, 3),
+            nn.Dropout(0.25),
+        ).to(dtype=dtype)
+        opt = optim.Adam(model.parameters(), lr=0.01)
+        trainer = Trainer(model, "cross_entropy", opt, engine=engine, progress=False, verbose=0)
+        trainer.fit(X, y, epochs=2, batch_size=400, seed=1)
+        counters = [m.counter for m in model if isinstance(m, nn.Dropout)]
+        return [p.data.copy() for p in model.parameters()], counters
+
+    want, want_counts = run("autograd")
+    got, got_counts = run("fused")
+    assert hand_overs == [5, 5]
+    monkeypatch.setattr(FusedCpuEngine, "two_threads", False)
+    one, _ = run("fused")
+    assert len(hand_overs) == 2
+    tol = TOLERANCE[dtype]
+    for two, single, ref in zip(got, one, want):
+        np.testing.assert_allclose(two, single, rtol=tol, atol=tol)
+        np.testing.assert_allclose(two, ref, rtol=tol, atol=tol)
+    assert got_counts == want_counts == [6, 6, 6]

@@ -8,7 +8,8 @@ thread sweeps half of every weight matrix from the two ``dW``s added
 (:func:`update_weights_part`). Each half's products run on one BLAS thread, and each
 thread packs all of every weight matrix, which only pays from a few hundred rows.
 Before the sweeps each thread evicts the half of the weights the other one updates, and
-after its sweep the other's ``dW`` half it read (:mod:`evict`).
+after its sweep the other's ``dW`` half it read (:mod:`evict`). Dropout: each half
+draws its rows of the step's masks (``first_row``), in forward and backward.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gpunet.kernels.cpu.blas import (
 from gpunet.kernels.cpu.dense import (
     _backward_epilogue_sums,
 )
+from gpunet.kernels.cpu.dropout import dropout_block
 from gpunet.kernels.cpu.evict import evict_span
 from gpunet.kernels.cpu.fused_step import (
     carve_layers,
@@ -36,6 +38,7 @@ from gpunet.kernels.cpu.threads import (
     FLAG_CORRECT,
     FLAG_ROWS,
     FLAG_START,
+    FLAG_STEP,
     TASK_FORWARD_BACKWARD,
     TASK_UPDATE,
     hand_over,
@@ -67,6 +70,10 @@ def forward_backward(
     loss_kind,
     smoothing,
     mean_reduction,
+    step_keys,
+    drop_thresholds,
+    drop_scales,
+    first_row,
 ):
     """Forward and backward of the rows ``order[start:start + rows]`` (or
     ``X[start:start + rows]`` when ``order`` is empty), part of a step on
@@ -74,7 +81,9 @@ def forward_backward(
     each layer's ``dW`` of these rows goes to ``Gx`` at the weight's offset, its
     bias-gradient sums are added to the float64 ``col_sums`` (layer ``l`` after the
     widths of the layers before it). ``work``: scratch of at least
-    :func:`workspace_size` elements for ``rows``. Returns ``(loss sum, correct)``."""
+    :func:`workspace_size` elements for ``rows``. Dropout: this step's keys, thresholds
+    and scales (``forward_and_loss``), these rows being rows ``first_row`` on of the
+    step's batch. Returns ``(loss sum, correct)``."""
     n_layers = layers.shape[0]
     n_features = X.shape[1]
     acts, saved, grads, off = carve_layers(work, layers, rows)
@@ -103,9 +112,12 @@ def forward_backward(
         smoothing,
         mean_reduction,
         np.empty(rows, P.dtype),
-        np.zeros(0, np.uint64),  # no dropout on two-thread steps
-        np.zeros(0, np.uint64),
-        np.zeros(0, P.dtype),
+        step_keys,
+        drop_thresholds,
+        drop_scales,
+        P[:0],  # no DropConnect on two-thread steps
+        np.zeros(0, np.int64),
+        first_row,
     )
     sums_end = col_sums.shape[0]
     for l in range(n_layers - 1, -1, -1):
@@ -113,6 +125,8 @@ def forward_backward(
         w_off = params[wp, 0]
         W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
         dz = grads[l]
+        if step_keys.shape[0] != 0 and drop_thresholds[l] != 0:  # through the mask
+            dropout_block(dz, step_keys[l], drop_thresholds[l], drop_scales[l], first_row, 0, n_out)
         _backward_epilogue_sums(
             dz, saved[l], dz, col_sums[sums_end - n_out : sums_end], layers[l, 4]
         )
@@ -189,15 +203,21 @@ def data_parallel_step(
     smoothing,
     mean_reduction,
     do_flush,
+    step,
+    step_keys,
+    drop_thresholds,
+    drop_scales,
 ):
     """One step on ``nb`` rows from ``start``, split by :func:`blas.data_parallel_split`:
     this thread takes the first half, the worker the rest; then each sweeps half of
-    every weight matrix, this thread the biases. Returns ``(loss sum, correct,
-    generation)``."""
+    every weight matrix, this thread the biases. ``step``: the step's index (the worker
+    reads its dropout keys, ``step_keys``, from its own copy of the table). Returns
+    ``(loss sum, correct, generation)``."""
     half = data_parallel_split(nb)
     flags[FLAG_START] = start + half
     flags[FLAG_ROWS] = nb - half
     flags[FLAG_BATCH_ROWS] = nb
+    flags[FLAG_STEP] = step
     generation += 1
     hand_over(flags, generation, TASK_FORWARD_BACKWARD)
     col_sums[:] = 0.0
@@ -218,6 +238,10 @@ def data_parallel_step(
         loss_kind,
         smoothing,
         mean_reduction,
+        step_keys,
+        drop_thresholds,
+        drop_scales,
+        0,
     )
     wait_for_worker(flags, generation)
     evict_weights_half(P, layers, params, True)

@@ -36,8 +36,9 @@ Two-thread steps, when the caller runs a :func:`step_worker` beside the epoch
   weight matrix from the two ``dW``s added.
 The pieces of a step (losses, weight updates, workspace) are in :mod:`fused_step`.
 
-Layer table ``layers`` (L, 6) int64: ``n_in, n_out, w_param, b_param (-1: none), act,
-dropout`` (1: a Dropout follows the layer; only the one-thread steps run those).
+Layer table ``layers`` (L, 7) int64: ``n_in, n_out, w_param, b_param (-1: none), act,
+dropout, dropconnect`` (1: a Dropout follows the layer, run by every step; 1: the
+layer is a DropConnectDense, one-thread steps only).
 Parameter table ``params`` (K, 2) int64: ``offset, size`` into ``P``.
 """
 
@@ -76,9 +77,11 @@ from gpunet.kernels.cpu.fused_step import (
     folds_momentum,
     forward_and_loss,
     gather_batch,
+    mask_weight,
     update_parameter_span,
     update_weights_blas,
     update_weights_folded,
+    update_weights_masked,
     update_weights_rowwise,
 )
 from gpunet.kernels.cpu.model_parallel import model_parallel_part, model_parallel_step
@@ -89,6 +92,7 @@ from gpunet.kernels.cpu.threads import (
     FLAG_GENERATION,
     FLAG_ROWS,
     FLAG_START,
+    FLAG_STEP,
     FLAG_TASK,
     N_FLAGS,
     TASK_FORWARD_BACKWARD,
@@ -135,21 +139,27 @@ def step_worker(
     smoothing,
     mean_reduction,
     do_flush,
+    drop_keys,
+    drop_thresholds,
+    drop_scales,
 ):
     """The worker thread of :func:`train_epoch`'s two-thread steps: waits for a task in
     ``flags`` (see ``threads.FLAG_*``), runs it, reports it done, until the generation
     is -1. A model-parallel task runs thread 1's part of the step in ``epoch_work``
     (the epoch's workspace); a forward-backward task (data-parallel) writes its ``dW``
     to ``G_b`` and its loss sum and bias-gradient sums to ``shared``; an update task
-    sweeps the second half of every weight matrix."""
+    sweeps the second half of every weight matrix. ``drop_*``: the epoch's dropout
+    tables (:func:`train_epoch`), read at the step ``flags[FLAG_STEP]`` names."""
     generation = 0
     count = 0  # barriers of model-parallel steps passed
     no_loss = (labels[:0], targets[:0], loss_kind, smoothing, mean_reduction, work[:0])
+    no_keys = np.zeros(0, np.uint64)
     while True:
         generation = wait_for_change(flags, FLAG_GENERATION, generation)
         if generation < 0:
             return
         task = flags[FLAG_TASK]
+        step_keys = drop_keys[flags[FLAG_STEP]] if drop_keys.shape[0] != 0 else no_keys
         if task == TASK_MODEL_PARALLEL:
             count = model_parallel_part(
                 1,
@@ -173,6 +183,7 @@ def step_worker(
                 opt_kind,
                 do_flush,
                 no_loss,
+                (step_keys, drop_thresholds, drop_scales),
             )[0]
             if count < 0:
                 return
@@ -196,6 +207,10 @@ def step_worker(
                 loss_kind,
                 smoothing,
                 mean_reduction,
+                step_keys,
+                drop_thresholds,
+                drop_scales,
+                flags[FLAG_BATCH_ROWS] - flags[FLAG_ROWS],  # its rows' place in the batch
             )
             evict_weights_half(P, layers, params, False)
             shared[0] = loss
@@ -282,13 +297,27 @@ def workspace_size(layers, rows: int, gather: bool = False) -> int:
     """Elements of scratch for steps of ``rows`` rows (:func:`scratch_rows`): per layer,
     activations and output gradients (rows, width), plus saved pre-activations for GELU
     layers and activations before the mask for layers a Dropout follows; with ``gather``
-    (a shuffled epoch), the step's input rows (rows, features) too."""
+    (a shuffled epoch), the step's input rows (rows, features) too; then the masked
+    weights (out, in) of the DropConnect layers."""
     widths = layers[:, 1]
     separate_saved = (layers[:, 4] == GELU) | (layers[:, 5] != 0)
     per_row = 2 * int(widths.sum()) + int(widths[separate_saved].sum())
     if gather:
         per_row += int(layers[0, 0])
-    return rows * per_row
+    return rows * per_row + int(masked_weight_offsets(layers)[1])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def masked_weight_offsets(layers):
+    """``(offsets, total)``: where each DropConnect layer's masked weight starts in its
+    scratch (-1 for the other layers; (L,) int64) and the elements they take."""
+    offsets = np.full(layers.shape[0], -1, np.int64)
+    total = 0
+    for l in range(layers.shape[0]):
+        if layers[l, 6] != 0:
+            offsets[l] = total
+            total += layers[l, 0] * layers[l, 1]
+    return offsets, total
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -340,16 +369,20 @@ def train_epoch(
     ``control`` (4,) int64 (``gpunet.train.engines.base.StepControl``): ``[stop request,
     steps done, first non-finite step or -1, end the epoch at a non-finite loss]``;
     checked and updated between steps (:func:`end_of_step`).
-    Dropout (after layers whose table row says so; such epochs run every step on this
-    thread): ``drop_keys`` (steps, L) uint64 the mask key of each step and layer,
-    ``drop_thresholds`` (L,) uint64 (0: no dropout), ``drop_scales`` (L,) ``1 / (1 - p)``
-    in ``P``'s dtype; ``drop_keys`` (0, 0) when the model has none.
+    Dropout and DropConnect (after, or of, layers whose table row says so; with
+    DropConnect the caller runs no worker): ``drop_keys`` (steps, 2L) uint64 the mask key of
+    each step and layer, ``drop_thresholds`` (2L,) uint64 (0: keep all),
+    ``drop_scales`` (2L,) ``1 / (1 - p)`` in ``P``'s dtype, column ``l`` the Dropout
+    after layer ``l``, column ``L + l`` layer ``l``'s DropConnect; ``drop_keys`` (0, 0)
+    when the model has neither.
     Returns ``(loss_sum, correct)``: batch-mean losses times batch sizes, summed, and the
     number of correct arg-max predictions (cross-entropy only).
     """
     n = X.shape[0]
     n_layers = layers.shape[0]
     two_threads = flags.shape[0] != 0
+    # dropout runs on two-thread steps too (each thread draws its rows or columns of the
+    # masks), DropConnect on one-thread steps only (the caller then runs no worker)
     rows = scratch_rows(n, batch_size, two_threads)[0]  # this thread's steps
     dtype_tiny = np.finfo(P.dtype).tiny
     # the per-layer activations, saved pre-activations (GELU) and output gradients live
@@ -361,6 +394,9 @@ def train_epoch(
     gather = order.shape[0] != 0
     n_features = X.shape[1]
     x_rows = work[off : off + (rows * n_features if gather else 0)]
+    off += rows * n_features if gather else 0
+    masked_off, masked_total = masked_weight_offsets(layers)
+    masked_w = work[off : off + masked_total]
     label_rows = np.empty(rows if gather else 0, labels.dtype)
     target_rows = np.empty((rows if gather else 0, targets.shape[1]), targets.dtype)
     # dz.T of one layer, for the blocked weight gradient of small batches
@@ -406,6 +442,10 @@ def train_epoch(
                 smoothing,
                 mean_reduction,
                 do_flush,
+                start // batch_size,
+                step_keys,
+                drop_thresholds,
+                drop_scales,
             )
             correct += step_correct
             loss_sum += batch_loss(loss_kind, total, nb, layers[n_layers - 1, 1], mean_reduction)
@@ -445,12 +485,26 @@ def train_epoch(
                 label_rows,
                 target_rows,
                 loss_rows,
+                start // batch_size,
+                (step_keys, drop_thresholds, drop_scales),
             )
             correct += step_correct
             loss_sum += batch_loss(loss_kind, total, nb, layers[n_layers - 1, 1], mean_reduction)
             if end_of_step(control, total):
                 break
             continue
+        for l in range(masked_off.shape[0]):  # this step's DropConnect weights
+            if masked_off[l] >= 0:
+                mask_weight(
+                    P,
+                    params[layers[l, 2], 0],
+                    masked_w[masked_off[l] : masked_off[l] + layers[l, 0] * layers[l, 1]].reshape(
+                        (layers[l, 1], layers[l, 0])
+                    ),
+                    step_keys[n_layers + l],
+                    drop_thresholds[n_layers + l],
+                    drop_scales[n_layers + l],
+                )
         if gather:
             xb = x_rows[: nb * n_features].reshape((nb, n_features))
             gather_batch(X, labels, targets, order[start : start + nb], xb, label_rows, target_rows)
@@ -480,6 +534,9 @@ def train_epoch(
             step_keys,
             drop_thresholds,
             drop_scales,
+            masked_w,
+            masked_off,
+            0,
         )
         correct += batch_correct
         loss_sum += batch_loss(loss_kind, total, nb, layers[n_layers - 1, 1], mean_reduction)
@@ -505,11 +562,33 @@ def train_epoch(
             a_in = xb if l == 0 else acts[l - 1][:nb]
             # dx with the old weights (one-row batches: inside the weight sweep)
             dx = grads[l - 1][:nb] if l > 0 else dz
-            if l > 0 and nb > 1:
+            if l > 0 and nb > 1 and not (masked_off.shape[0] != 0 and masked_off[l] >= 0):
                 matmul_nn(dz, W, dx)
             steps[wp] += 1
             first = firsts[wp] != 0
-            if folds_momentum(opt_kind, H[wp], steps[wp], first, nb, W, do_flush):
+            if masked_off.shape[0] != 0 and masked_off[l] >= 0:  # DropConnect
+                Wm = masked_w[masked_off[l] : masked_off[l] + n_out * n_in].reshape((n_out, n_in))
+                if l > 0:
+                    matmul_nn(dz, Wm, dx)  # through the masked weight, as forward
+                update_weights_masked(
+                    opt_kind,
+                    P,
+                    G,
+                    S1,
+                    S2,
+                    S3,
+                    w_off,
+                    dz,
+                    a_in,
+                    step_keys[n_layers + l],
+                    drop_thresholds[n_layers + l],
+                    drop_scales[n_layers + l],
+                    H[wp],
+                    steps[wp],
+                    first,
+                    do_flush,
+                )
+            elif folds_momentum(opt_kind, H[wp], steps[wp], first, nb, W, do_flush):
                 # the next step folds too (same hyperparameters, its own batch size)
                 nb_next = min(batch_size, n - start - nb)
                 scale_after = nb_next > 0 and folds_momentum(

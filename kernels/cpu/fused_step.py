@@ -5,14 +5,16 @@
   up to ``BLOCKED_DW_MAX_ROWS`` rows (BLAS blocks of ``dW``, each applied in cache), SGD
   with plain momentum on 17 to ``FOLDED_MOMENTUM_MAX_ROWS`` rows (``dW`` added by BLAS
   straight into the momentum buffer, :func:`update_weights_folded`), else one BLAS
-  product and one sweep;
+  product and one sweep; a DropConnect weight: its masked copy (:func:`mask_weight`)
+  in the products and ``dW`` through the mask (:func:`update_weights_masked`);
 - the losses: softmax cross-entropy (class indices) and mean squared error, each writing
   its gradient as the autograd path does;
 - the workspace: per-layer activations, saved pre-activations and output gradients
   (:func:`carve_layers`), the gathered batch, forward plus loss (:func:`forward_and_loss`).
 
-Layer table ``layers`` (L, 6) int64: ``n_in, n_out, w_param, b_param (-1: none), act,
-dropout`` (1: a Dropout follows the layer; only the one-thread steps run those).
+Layer table ``layers`` (L, 7) int64: ``n_in, n_out, w_param, b_param (-1: none), act,
+dropout, dropconnect`` (1: a Dropout follows the layer; 1: the layer is a
+DropConnectDense; only the one-thread steps run those).
 Parameter table ``params`` (K, 2) int64: ``offset, size`` into the flat buffer ``P``.
 """
 
@@ -154,6 +156,34 @@ def update_weights_blas(kind, P, G, S1, S2, S3, off, dz, a, dz_t, h, step, first
         update_array(
             kind, P[lo:hi], G[lo:hi], S1[lo:hi], S2[lo:hi], S3[lo:hi], h, step, first, do_flush
         )
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def mask_weight(P, off, Wm, key, threshold, scale):
+    """DropConnect: ``Wm`` (out, in) = the weight ``P[off:off + out*in]`` times its
+    step's mask ``keep / (1 - p)`` (stream ``key``, element ``o * in + i``)."""
+    n_out, n_in = Wm.shape
+    Wm[...] = P[off : off + n_out * n_in].reshape((n_out, n_in))
+    dropout_block(Wm, key, threshold, scale, 0, 0, n_in)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def update_weights_masked(
+    kind, P, G, S1, S2, S3, off, dz, a, key, threshold, scale, h, step, first, do_flush
+):
+    """DropConnect: update the weight block ``P[off:off + n_out*n_in]`` with
+    ``dW = (dz.T @ a) * keep / (1 - p)`` (the gradient reaching the weight through its
+    mask, as autograd's product with the mask gives it), written to ``G``; dz (nb,
+    n_out), a (nb, n_in), any nb."""
+    n_out = dz.shape[1]
+    n_in = a.shape[1]
+    Gw = G[off : off + n_out * n_in].reshape((n_out, n_in))
+    weight_grad(dz, a, Gw)
+    dropout_block(Gw, key, threshold, scale, 0, 0, n_in)
+    lo, hi = off, off + n_out * n_in
+    update_array(
+        kind, P[lo:hi], G[lo:hi], S1[lo:hi], S2[lo:hi], S3[lo:hi], h, step, first, do_flush
+    )
 
 
 @njit(cache=True, error_model="numpy")
@@ -341,15 +371,22 @@ def forward_and_loss(
     step_keys,
     drop_thresholds,
     drop_scales,
+    masked_w,
+    masked_off,
+    first_row,
 ):
     """Forward of the rows ``xb`` (rows, F) into ``acts`` / ``saved`` (their first rows),
     then the loss against ``y_b`` (labels) or ``t_b`` (targets), part of a batch of
     ``batch_rows``, with its gradient in the last layer's ``grads``. ``zero_bias``:
     zeros at least as wide as any layer (the bias of layers without one); ``loss_rows``
-    at least (rows,). Dropout (the whole batch's rows only): ``step_keys`` (L,) uint64
-    this step's mask key per layer (empty: no dropout), ``drop_thresholds`` (L,) uint64
-    (0: none after that layer), ``drop_scales`` (L,) ``1 / (1 - p)``; the activations
-    before the mask go to ``saved``. Returns ``(loss sum, correct)``."""
+    at least (rows,). Dropout: ``step_keys`` (L,) uint64 this step's mask key per layer
+    (empty: no dropout), ``drop_thresholds`` (L,) uint64 (0: none after that layer),
+    ``drop_scales`` (L,) ``1 / (1 - p)``, ``first_row`` the place of ``xb``'s first row
+    in the batch (a data-parallel half's rows draw their rows of the batch's mask); the
+    activations before the mask go to ``saved``. DropConnect: ``masked_off`` (L,) int64, where
+    ``>= 0`` layer ``l`` multiplies by the masked weight ``masked_w[masked_off[l]:]``
+    (out, in) (:func:`mask_weight`) instead of its own; empty: no DropConnect.
+    Returns ``(loss sum, correct)``."""
     rows = xb.shape[0]
     n_layers = layers.shape[0]
     a_prev = xb
@@ -361,7 +398,10 @@ def forward_and_loss(
             layers[l, 3],
             layers[l, 4],
         )
-        W = P[params[wp, 0] : params[wp, 0] + n_out * n_in].reshape((n_out, n_in))
+        if masked_off.shape[0] != 0 and masked_off[l] >= 0:
+            W = masked_w[masked_off[l] : masked_off[l] + n_out * n_in].reshape((n_out, n_in))
+        else:
+            W = P[params[wp, 0] : params[wp, 0] + n_out * n_in].reshape((n_out, n_in))
         z = acts[l][:rows]
         matmul_nt(a_prev, W, z)
         if bp >= 0:
@@ -372,7 +412,7 @@ def forward_and_loss(
         if layers[l, 5] != 0 and act != GELU:  # a separate buffer (carve_layers): the
             saved[l][:rows, :] = z  # derivative reads the activations before the mask
         if step_keys.shape[0] != 0 and drop_thresholds[l] != 0:
-            dropout_block(z, step_keys[l], drop_thresholds[l], drop_scales[l], 0, 0, n_out)
+            dropout_block(z, step_keys[l], drop_thresholds[l], drop_scales[l], first_row, 0, n_out)
         a_prev = z
     return loss_and_gradient(
         acts[n_layers - 1][:rows],

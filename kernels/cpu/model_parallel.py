@@ -29,7 +29,8 @@ import numpy as np
 from numba import njit
 
 from gpunet.kernels.cpu.blas import gemm_view
-from gpunet.kernels.cpu.dense import _backward_epilogue_columns, _forward_epilogue_columns
+from gpunet.kernels.cpu.dense import GELU, _backward_epilogue_columns, _forward_epilogue_columns
+from gpunet.kernels.cpu.dropout import dropout_block
 from gpunet.kernels.cpu.fused_step import (
     carve_layers,
     folded_sweep,
@@ -45,6 +46,7 @@ from gpunet.kernels.cpu.threads import (
     FLAG_FOLDS,
     FLAG_ROWS,
     FLAG_START,
+    FLAG_STEP,
     FOLD_NONE,
     FOLD_SCALED,
     FOLD_UNSCALED,
@@ -63,11 +65,14 @@ def _half(n, t):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _model_parallel_forward(t, flags, count, layers, params, P, xb, acts, saved):
+def _model_parallel_forward(t, flags, count, layers, params, P, xb, acts, saved, masks):
     """Thread ``t``'s part of a model-parallel step's forward on the batch ``xb``
     (nb, F): per layer its half of the output columns (``a @ W[cols].T``, bias,
-    activation) into ``acts`` / ``saved`` (the epoch's workspace), a barrier after each.
-    Returns the barrier count, -1 if stopped."""
+    activation, then its columns of the Dropout mask) into ``acts`` / ``saved`` (the
+    epoch's workspace), a barrier after each. ``masks``: ``(step_keys, thresholds,
+    scales)`` as ``fused_step.forward_and_loss`` takes them. Returns the barrier count,
+    -1 if stopped."""
+    step_keys, drop_thresholds, drop_scales = masks
     nb = xb.shape[0]
     a_prev = xb
     for l in range(layers.shape[0]):
@@ -88,6 +93,10 @@ def _model_parallel_forward(t, flags, count, layers, params, P, xb, acts, saved)
         else:
             b = np.zeros(c1 - c0, P.dtype)
         _forward_epilogue_columns(acts[l][:nb], b, saved[l][:nb], act, c0, c1)
+        if layers[l, 5] != 0 and act != GELU:  # a separate buffer (carve_layers): the
+            saved[l][:nb, c0:c1] = z  # derivative reads the activations before the mask
+        if step_keys.shape[0] != 0 and drop_thresholds[l] != 0:
+            dropout_block(z, step_keys[l], drop_thresholds[l], drop_scales[l], 0, c0, n_out)
         a_prev = acts[l][:nb]
         count += 1
         if not barrier(flags, t, count):
@@ -116,13 +125,17 @@ def _model_parallel_backward(
     acts,
     saved,
     grads,
+    masks,
 ):
     """Thread ``t``'s part of a model-parallel step's backward, the loss gradient in the
     last layer's ``grads``: per layer, last first, the activation derivative and bias
     gradient of its half of the columns (the bias updated at once), its rows of ``dW``,
     a barrier, then its half of the columns of ``dx = dz @ W``. A weight's rows are
     updated after the next barrier, once the other thread has read the weight for
-    ``dx`` (the first layer's at once). Returns the barrier count, -1 if stopped."""
+    ``dx`` (the first layer's at once). Its columns of an output gradient go through the
+    Dropout mask first (``masks`` as in :func:`_model_parallel_forward`). Returns the
+    barrier count, -1 if stopped."""
+    step_keys, drop_thresholds, drop_scales = masks
     n_layers = layers.shape[0]
     nb = xb.shape[0]
     for l in range(n_layers - 1, -1, -1):
@@ -136,6 +149,8 @@ def _model_parallel_backward(
         c0, c1 = _half(n_out, t)
         dz_rows = grads[l][:nb]
         dz = dz_rows[:, c0:c1]
+        if step_keys.shape[0] != 0 and drop_thresholds[l] != 0:  # this thread's columns
+            dropout_block(dz, step_keys[l], drop_thresholds[l], drop_scales[l], 0, c0, n_out)
         if bp >= 0:
             lo, hi = params[bp, 0] + c0, params[bp, 0] + c1
             _backward_epilogue_columns(dz_rows, saved[l][:nb], dz_rows, G[lo:hi], act, c0, c1)
@@ -260,13 +275,14 @@ def model_parallel_part(
     opt_kind,
     do_flush,
     out_loss,
+    masks,
 ):
     """Thread ``t``'s part of a whole model-parallel step on ``work`` (the epoch's
     workspace, carved for ``flags[FLAG_CARVE_ROWS]`` rows): its half of the batch's rows
     gathered (barrier), forward, backward; thread 0 also computes the loss
     between forward and backward with ``out_loss`` (``(y_b, t_b, loss_kind, smoothing,
-    mean_reduction, loss_rows)``). Returns ``(count, loss sum, correct)``, count -1 if
-    stopped."""
+    mean_reduction, loss_rows)``). ``masks``: the step's Dropout ``(keys, thresholds,
+    scales)``. Returns ``(count, loss sum, correct)``, count -1 if stopped."""
     acts, saved, grads, off = carve_layers(work, layers, flags[FLAG_CARVE_ROWS])
     if order.shape[0] != 0:
         n_features = X.shape[1]
@@ -278,7 +294,7 @@ def model_parallel_part(
             return -1, 0.0, 0
     else:
         xb = X[start : start + nb]
-    count = _model_parallel_forward(t, flags, count, layers, params, P, xb, acts, saved)
+    count = _model_parallel_forward(t, flags, count, layers, params, P, xb, acts, saved, masks)
     if count < 0:
         return -1, 0.0, 0
     total, correct = 0.0, 0
@@ -319,6 +335,7 @@ def model_parallel_part(
         acts,
         saved,
         grads,
+        masks,
     )
     return count, total, correct
 
@@ -356,13 +373,16 @@ def model_parallel_step(
     label_rows,
     target_rows,
     loss_rows,
+    step,
+    masks,
 ):
     """The epoch's side of one model-parallel step on ``nb`` rows from ``start`` (the
     next step has ``nb_next``; ``work`` carved for ``carve_rows``): hands the worker its
     part, runs thread 0's, waits for the worker. ``scaled``: the epoch's per-parameter
     momentum-buffer flags (:func:`plan_folds`); ``label_rows`` / ``target_rows`` /
-    ``loss_rows``: this thread's scratch for the loss. Returns ``(loss sum, correct,
-    generation, count)``."""
+    ``loss_rows``: this thread's scratch for the loss; ``step``: the step's index (the
+    worker's row of the dropout keys), ``masks`` its ``(keys, thresholds, scales)``.
+    Returns ``(loss sum, correct, generation, count)``."""
     if order.shape[0] != 0:
         gather_targets(labels, targets, order[start : start + nb], label_rows, target_rows)
         y_b, t_b = label_rows[:nb], target_rows[:nb]
@@ -374,6 +394,7 @@ def model_parallel_step(
     flags[FLAG_START] = start
     flags[FLAG_ROWS] = nb
     flags[FLAG_CARVE_ROWS] = carve_rows
+    flags[FLAG_STEP] = step
     generation += 1
     hand_over(flags, generation, TASK_MODEL_PARALLEL)
     count, total, correct = model_parallel_part(
@@ -398,6 +419,7 @@ def model_parallel_step(
         opt_kind,
         do_flush,
         (y_b, t_b, loss_kind, smoothing, mean_reduction, loss_rows),
+        masks,
     )
     if count < 0:
         raise RuntimeError("the fused epoch's worker thread failed")

@@ -129,7 +129,8 @@ FLAG_DONE = 5  # the generation the worker finished last; WORKER_FAILED: it rais
 FLAG_CORRECT = 6  # data-parallel: the worker's correct predictions
 FLAG_CARVE_ROWS = 7  # model-parallel step: rows the epoch's workspace is carved for
 FLAG_ARRIVED = 8  # and 9: the barriers each thread has reached (model-parallel steps)
-N_FLAGS = 10  # then per parameter k, at FLAG_FOLDS + 2k: its FOLD_* in a model-parallel
+FLAG_STEP = 10  # the step's index in the epoch (its row of dropout keys)
+N_FLAGS = 11  # then per parameter k, at FLAG_FOLDS + 2k: its FOLD_* in a model-parallel
 # step, and whether that step's sweep leaves its momentum buffer scaled
 FLAG_FOLDS = N_FLAGS
 FOLD_NONE, FOLD_UNSCALED, FOLD_SCALED = 0, 1, 2

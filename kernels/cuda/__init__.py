@@ -19,7 +19,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "loss.cu": ("softmax_xent", "mse", "accumulate_loss"),
     "gather.cu": ("gather_batch",),
     "optim_update.cu": ("optimizer_update", "advance_steps"),
-    "dropout.cu": ("dropout_apply",),
+    "dropout.cu": ("dropout_apply", "dropout_keyed", "dropout_advance"),
 }
 
 #: the codes of ``common.cuh`` (GN_ACT_*), in the CPU kernels' order

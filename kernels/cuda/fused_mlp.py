@@ -6,15 +6,23 @@ step can be captured once into a CUDA graph and replayed):
 
 1. ``gather_batch``: the batch's rows of ``X`` and their labels/targets, the rows
    ``order[cursor : cursor + rows]`` (``cursor`` lives on the device);
-2. per layer: ``y = act(a @ W.T + b)`` (``gemm`` with the bias/activation epilogue; or
-   ``rt.matmul`` and ``bias_act_forward`` on the cuBLAS route);
+2. per layer (a DropConnectDense layer's ``W`` being its masked copy ``W * mask``, drawn
+   by ``dropout_keyed`` at the step's start): ``y = act(a @ W.T + b)`` (``gemm`` with
+   the bias/activation epilogue; or ``rt.matmul`` and ``bias_act_forward`` on the cuBLAS
+   route); a layer a Dropout follows then writes ``out = y * mask`` (``dropout_keyed``,
+   the key read from the device), keeping ``y`` for the activation's derivative;
 3. the loss and its gradient (``softmax_xent`` / ``mse``), then ``accumulate_loss`` adds
    the batch's term to the epoch's device-side loss sum and correct count and moves the
    cursor on;
-4. per layer, last first: ``dW = dz.T @ a`` with ``db`` folded into the same pass, and
-   ``dx = dz @ W`` whose epilogue turns it into the layer below's ``dz``;
+4. per layer, last first: ``dW = dz.T @ a`` with ``db`` folded into the same pass (then
+   through the DropConnect mask), and ``dx = dz @ W`` whose epilogue turns it into the
+   layer below's ``dz``; the output gradient of a layer a Dropout follows goes through
+   the same mask (on the cuBLAS route and for the last layer before the activation's
+   derivative, on the gemm route after its epilogue: the same products in another
+   order);
 5. ``update_all``: every parameter's optimizer update in one launch, then the step
-   counters.
+   counters; with masks, ``dropout_advance`` moves every mask counter on (so a captured
+   step's replays draw the autograd layers' masks of step after step).
 
 Routes: ``"kernels"`` runs every product in gemm.cu (the only route a CUDA graph can
 hold, since CuPy cannot capture cuBLAS); ``"blas"`` runs them through ``rt.matmul``
@@ -22,7 +30,10 @@ hold, since CuPy cannot capture cuBLAS); ``"blas"`` runs them through ``rt.matmu
 
 Shapes: ``X`` (N, F) and ``targets`` (N, C) in the parameters' dtype, ``labels`` (N,)
 int64; ``P``/``G``/``S*`` flat (T,) buffers laid out by ``param_table`` (K, 2:
-offset, size); ``layers``: L tuples ``(in, out, weight index, bias index or -1, act)``.
+offset, size); ``layers``: L ``Layer``s ``(in, out, weight index, bias index or -1, act,
+dropout, dropconnect)``; ``keys``: a ``dropout_ops.KeyTable`` of 2L rows (row ``l``: the
+Dropout after layer ``l``; row ``L + l``: layer ``l``'s DropConnect) when some layer has
+either.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpunet.kernels.cuda import dense, loss_ops, optim_update
+from gpunet.kernels.cuda import dense, dropout_ops, loss_ops, optim_update
 
 CROSS_ENTROPY, MSE = "cross_entropy", "mse"
 
@@ -43,6 +54,8 @@ class Layer:
     weight: int  # parameter index of W (out, in)
     bias: int  # parameter index of b (out,), or -1
     act: str  # activation name
+    dropout: bool = False  # a Dropout follows the layer
+    dropconnect: bool = False  # the layer is a DropConnectDense
 
 
 @dataclass(frozen=True)
@@ -76,7 +89,16 @@ class Workspace:
         self.z = [
             xp.empty((rows, lay.n_out), dtype) if lay.act == "gelu" else None for lay in layers
         ]
+        # what the next layer (or the loss) reads: y, or y through the dropout mask
+        self.out = [
+            xp.empty((rows, lay.n_out), dtype) if lay.dropout else y
+            for lay, y in zip(layers, self.y)
+        ]
         self.dz = [xp.empty((rows, lay.n_out), dtype) for lay in layers]
+        # a DropConnect layer's weight through this step's mask (out, in)
+        self.masked_w = [
+            xp.empty((lay.n_out, lay.n_in), dtype) if lay.dropconnect else None for lay in layers
+        ]
         self.losses = xp.empty(rows, dtype)
         self.correct = xp.zeros(rows, np.int32)
         widest = max(lay.n_out for lay in layers)
@@ -119,14 +141,25 @@ class EpochState:
 class FusedStep:
     """The step sequence for one network, bound to its flat buffers (module docstring)."""
 
-    def __init__(self, rt, layers, P, G, S, optimizer: Optimizer, loss: LossSpec, param_table):
-        self.rt, self.layers, self.loss = rt, list(layers), loss
+    def __init__(
+        self, rt, layers, P, G, S, optimizer: Optimizer, loss: LossSpec, param_table, keys=None
+    ):
+        self.rt, self.layers, self.loss, self.keys = rt, list(layers), loss, keys
+        if keys is None and any(lay.dropout or lay.dropconnect for lay in self.layers):
+            raise ValueError("layers with dropout or DropConnect need a dropout_ops.KeyTable")
         self.P, self.G, self.S, self.opt = P, G, list(S), optimizer
         self.param_table = np.asarray(param_table)
 
     def _param(self, buffer, k, shape):
         off, size = (int(v) for v in self.param_table[k])
         return buffer[off : off + size].reshape(shape)
+
+    def _weight(self, ws: Workspace, l: int):
+        """The weight layer ``l`` multiplies by this step: its own, or the masked copy."""
+        lay = self.layers[l]
+        if lay.dropconnect:
+            return ws.masked_w[l]
+        return self._param(self.P, lay.weight, (lay.n_out, lay.n_in))
 
     def step(self, ws: Workspace, data, order, epoch: EpochState, route: str = "kernels"):
         """Launch one training step of ``ws.rows`` rows (see the module docstring).
@@ -137,9 +170,14 @@ class FusedStep:
         loss_ops.gather_batch(
             rt, X, order, epoch.cursor, ws.x, labels, ws.labels, targets, ws.targets
         )
+        n_layers = len(self.layers)
+        for l, lay in enumerate(self.layers):
+            if lay.dropconnect:
+                W = self._param(self.P, lay.weight, (lay.n_out, lay.n_in))
+                dropout_ops.dropout_keyed(rt, W, ws.masked_w[l], self.keys, n_layers + l)
         a = ws.x
         for l, lay in enumerate(self.layers):
-            W = self._param(self.P, lay.weight, (lay.n_out, lay.n_in))
+            W = self._weight(ws, l)
             b = None if lay.bias < 0 else self._param(self.P, lay.bias, (lay.n_out,))
             if route == "kernels":
                 dense.gemm(
@@ -149,17 +187,21 @@ class FusedStep:
             else:
                 rt.matmul(a, W.T, ws.y[l])
                 dense.bias_act_forward(rt, ws.y[l], b, lay.act, ws.y[l], ws.z[l])
-            a = ws.y[l]
+            if lay.dropout:
+                dropout_ops.dropout_keyed(rt, ws.y[l], ws.out[l], self.keys, l)
+            a = ws.out[l]
         self._loss(ws, epoch)
         self._backward(ws, route)
         optim_update.update_all(
             rt, self.opt.kind, self.opt.param_table, self.opt.H, self.opt.steps,
             self.opt.firsts, self.P, self.G, *self.S, self.S[1].size != 0, self.S[2].size != 0,
         )  # fmt: skip
+        if self.keys is not None:
+            dropout_ops.dropout_advance(rt, self.keys)
 
     def _loss(self, ws: Workspace, epoch: EpochState):
         rt, rows, last = self.rt, ws.rows, len(self.layers) - 1
-        out, grad = ws.y[last], ws.dz[last]
+        out, grad = ws.out[last], ws.dz[last]
         scale, weight = loss_ops.loss_scales(
             self.loss.kind, "mean" if self.loss.mean else "sum", rows, out.shape[1], out.dtype
         )
@@ -179,6 +221,8 @@ class FusedStep:
         last = len(layers) - 1
         lay = layers[last]
         db_last = None if lay.bias < 0 else self._param(self.G, lay.bias, (lay.n_out,))
+        if lay.dropout:  # d(loss)/d(masked output) -> d(loss)/dy
+            dropout_ops.dropout_keyed(rt, ws.dz[last], ws.dz[last], self.keys, last)
         # the loss gave d(loss)/dy of the last layer; through its activation to dz (the
         # bias gradient comes with it on the BLAS route, or when there is an activation)
         fold_db = route == "kernels" and lay.act == "linear"
@@ -190,25 +234,32 @@ class FusedStep:
             )  # fmt: skip
         for l in range(last, -1, -1):
             lay = layers[l]
-            a = ws.x if l == 0 else ws.y[l - 1]
+            a = ws.x if l == 0 else ws.out[l - 1]
             dW = self._param(self.G, lay.weight, (lay.n_out, lay.n_in))
             db = None if lay.bias < 0 else self._param(self.G, lay.bias, (lay.n_out,))
-            W = self._param(self.P, lay.weight, (lay.n_out, lay.n_in))
+            W = self._weight(ws, l)
             if route == "kernels":
                 rowsum = db if (l < last or fold_db) else None
                 dense.gemm(rt, ws.dz[l].T, a, dW, rowsum=rowsum)
+                self._mask_weight_grad(dW, l)
                 if l > 0:
                     below = layers[l - 1]
                     dense.gemm(
                         rt, ws.dz[l], W, ws.dz[l - 1], epilogue=dense.EPI_ACT_BACKWARD,
                         act=below.act, saved=ws.saved(l - 1),
                     )  # fmt: skip
+                    if below.dropout:
+                        dz = ws.dz[l - 1]
+                        dropout_ops.dropout_keyed(rt, dz, dz, self.keys, l - 1)
             else:
                 rt.matmul(ws.dz[l].T, a, dW)
+                self._mask_weight_grad(dW, l)
                 if l > 0:
                     below = layers[l - 1]
                     dx = ws.dx(below.n_out)
                     rt.matmul(ws.dz[l], W, dx)
+                    if below.dropout:
+                        dropout_ops.dropout_keyed(rt, dx, dx, self.keys, l - 1)
                     db_below = (
                         ws.db_scratch[: below.n_out]
                         if below.bias < 0
@@ -218,3 +269,8 @@ class FusedStep:
                         rt, dx, ws.saved(l - 1), below.act, ws.dz[l - 1], db_below,
                         ws.partial(below.n_out),
                     )  # fmt: skip
+
+    def _mask_weight_grad(self, dW, l: int):
+        """DropConnect: the gradient reaching layer ``l``'s weight through its mask."""
+        if self.layers[l].dropconnect:
+            dropout_ops.dropout_keyed(self.rt, dW, dW, self.keys, len(self.layers) + l)

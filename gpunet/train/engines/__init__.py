@@ -54,7 +54,12 @@ def fused_unsupported_reason(model, loss, optimizer, backend, callbacks) -> str 
     engine_class, reason = _fused_engine_class(backend)
     if reason is None:
         reason = fused_model_reason(
-            model, loss, optimizer, callbacks, dropout=engine_class.runs_dropout
+            model,
+            loss,
+            optimizer,
+            callbacks,
+            dropout=engine_class.runs_dropout,
+            dropconnect=engine_class.runs_dropconnect,
         )
     return reason
 

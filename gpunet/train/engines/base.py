@@ -134,6 +134,8 @@ class Engine(abc.ABC):
 
     #: True when the engine runs ``Dropout`` layers (``qualify.dense_layers``)
     runs_dropout: bool = False
+    #: True when the engine runs ``DropConnectDense`` layers
+    runs_dropconnect: bool = False
     #: True when the steps update the model's own arrays (the fit loop then keeps a copy
     #: of the last good epoch's state to restore after a non-finite step); an engine
     #: training copies simply does not write back

@@ -26,6 +26,7 @@ class FusedCpuEngine(Engine):
     name = "fused"
     whole_epochs = True
     runs_dropout = True
+    runs_dropconnect = True
     #: run steps of ``blas.MODEL_PARALLEL_MIN_ROWS`` rows or more on two threads where the
     #: process may use two CPUs: model-parallel below ``blas.DATA_PARALLEL_MIN_ROWS``,
     #: data-parallel from there (False: every step on the calling thread, same results)
@@ -46,7 +47,8 @@ class FusedCpuEngine(Engine):
         self.track_accuracy = track_accuracy
         self.flush_denormals = flush_denormals
         self.dropouts = {}  # layer index -> the Dropout module after it
-        self.layers = dense_layers(model, self.dropouts)
+        self.dropconnects = {}  # layer index -> the layer, a DropConnectDense
+        self.layers = dense_layers(model, self.dropouts, self.dropconnects)
         self.backend = next(model.parameters()).backend
         self.kernels = self.backend.fused_epoch_kernel()
         # batch size -> scratch buffer, reused across epochs (and fits, when the caller
@@ -57,7 +59,7 @@ class FusedCpuEngine(Engine):
         self.loss_code = self.kernels.LOSS_CODES[
             "cross_entropy" if isinstance(loss, CrossEntropyLoss) else "mse"
         ]
-        self.state = FlatState(model, optimizer, self.layers, np, self.dropouts)
+        self.state = FlatState(model, optimizer, self.layers, np, self.dropouts, self.dropconnects)
         self.params = self.state.params
         self.G_b = None  # the worker's dW in data-parallel steps, allocated on first use
         # set by prepare: contiguous X (N, features), labels (N,) int64 for cross-entropy
@@ -110,10 +112,10 @@ class FusedCpuEngine(Engine):
         order = np.ascontiguousarray(order, dtype=np.int64) if gather else np.zeros(0, np.int64)
         k = self.kernels
         # the worker's scratch has rows only if some step of the epoch splits
-        # dropout runs on the one-thread steps only (two-thread steps would need the
-        # masks of row and column halves)
+        # dropout runs on every step (each thread of a two-thread step draws its rows
+        # or columns of the masks), DropConnect on one-thread steps only
         rows, worker_rows, two_threads = k.scratch_rows(
-            len(X), batch_size, self.two_threads and usable_cpus() >= 2 and not self.dropouts
+            len(X), batch_size, self.two_threads and usable_cpus() >= 2 and not self.dropconnects
         )
         n_steps = -(-len(X) // batch_size)
         drop_keys, drop_thresholds, drop_scales = self._dropout_tables(n_steps, X.dtype)
@@ -145,6 +147,9 @@ class FusedCpuEngine(Engine):
                 smoothing,
                 mean,
                 do_flush,
+                drop_keys,
+                drop_thresholds,
+                drop_scales,
             )
             G_b = self.G_b
         else:
@@ -186,25 +191,33 @@ class FusedCpuEngine(Engine):
         self._dropout_steps = n_steps if control is None else control.steps
         return float(loss_sum), (int(correct) if self.track_accuracy else None)
 
+    def _masked_modules(self):
+        """``(column, module)`` of each mask the kernel draws: column ``l`` the Dropout
+        after layer ``l``, column ``L + l`` layer ``l``'s DropConnect."""
+        L = len(self.layers)
+        yield from self.dropouts.items()
+        yield from ((L + l, m) for l, m in self.dropconnects.items())
+
     def _dropout_tables(self, n_steps: int, dtype):
-        """The kernel's dropout arguments for an epoch of ``n_steps`` steps: mask keys
-        (steps, L) uint64 from each Dropout's (seed, counter + step), thresholds (L,)
-        uint64 and scales (L,); (0, 0) keys when the model has no Dropout."""
+        """The kernel's mask arguments for an epoch of ``n_steps`` steps: keys
+        (steps, 2L) uint64 from each Dropout's or DropConnectDense's (seed, counter +
+        step), thresholds (2L,) uint64 and scales (2L,) (columns: ``_masked_modules``);
+        (0, 0) keys when the model has neither."""
         from gpunet import counter_rng  # noqa: PLC0415
 
-        L = len(self.layers)
-        if not self.dropouts:
+        L2 = 2 * len(self.layers)
+        if not (self.dropouts or self.dropconnects):
             return np.zeros((0, 0), np.uint64), np.zeros(0, np.uint64), np.zeros(0, dtype)
-        keys = np.zeros((n_steps, L), np.uint64)
-        thresholds = np.zeros(L, np.uint64)
-        scales = np.ones(L, dtype)
-        for l, module in self.dropouts.items():
+        keys = np.zeros((n_steps, L2), np.uint64)
+        thresholds = np.zeros(L2, np.uint64)
+        scales = np.ones(L2, dtype)
+        for column, module in self._masked_modules():
             if module.p > 0:
-                keys[:, l] = counter_rng.stream_keys(
+                keys[:, column] = counter_rng.stream_keys(
                     module.seed, module.counter + np.arange(n_steps)
                 )
-                thresholds[l] = counter_rng.threshold(module.p)
-                scales[l] = 1.0 / (1.0 - module.p)
+                thresholds[column] = counter_rng.threshold(module.p)
+                scales[column] = 1.0 / (1.0 - module.p)
         return keys, thresholds, scales
 
     def parameters_finite(self) -> bool:
@@ -218,7 +231,7 @@ class FusedCpuEngine(Engine):
             return
         self.state.store(self._steps)
         self._steps = None
-        for module in self.dropouts.values():
+        for _, module in self._masked_modules():
             if module.p > 0:  # the autograd layer draws no mask (and counts none) at p = 0
                 object.__setattr__(module, "counter", module.counter + self._dropout_steps)
         for p in self.params:

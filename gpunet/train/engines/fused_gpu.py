@@ -12,6 +12,14 @@ cuBLAS (``cupy.matmul``) with the same epilogue kernels, eagerly; CuPy cannot ca
 cuBLAS. ``None`` picks by batch size (:func:`choose_route`). TF32 stays off unless the
 user sets ``CUPY_TF32=1``.
 
+Dropout after a layer's activation and DropConnectDense run in the step (the masked
+weight in both products, ``dW`` through the mask): each mask's seed, counter,
+threshold and scale live in a device table (``dropout_ops.KeyTable``, loaded from the
+``Dropout`` modules every epoch), the masks are drawn from it in the kernels and the
+step ends by advancing the counters on the device, so a captured graph's replays draw
+the masks the autograd layers draw at those steps; ``write_back`` copies the counters
+back to the modules.
+
 The same engine runs on the CPU through the host build of the kernels
 (``runtime=HostRuntime()``), which is how tests prove its step sequence without a GPU.
 """
@@ -24,7 +32,7 @@ import os
 import numpy as np
 
 from gpunet.kernels.cpu.update_rules import N_HYPER, OPTIMIZER_CODES
-from gpunet.kernels.cuda import fused_mlp
+from gpunet.kernels.cuda import dropout_ops, fused_mlp
 from gpunet.losses import CrossEntropyLoss
 from gpunet.train.engines.base import Engine
 from gpunet.train.engines.qualify import FlatState, dense_layers
@@ -51,6 +59,8 @@ class FusedGpuEngine(Engine):
 
     name = "fused"
     whole_epochs = True
+    runs_dropout = True
+    runs_dropconnect = True
 
     def __init__(
         self,
@@ -74,13 +84,19 @@ class FusedGpuEngine(Engine):
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.track_accuracy = track_accuracy
         self.fixed_route, self.use_graphs = route, graphs
-        pairs = dense_layers(model)
-        self.state = FlatState(model, optimizer, pairs, self.xp)
+        self.dropouts = {}  # layer index -> the Dropout module after it
+        self.dropconnects = {}  # layer index -> the layer, a DropConnectDense
+        pairs = dense_layers(model, self.dropouts, self.dropconnects)
+        self.state = FlatState(model, optimizer, pairs, self.xp, self.dropouts, self.dropconnects)
         table = self.state.layer_table
         self.layers = [
-            fused_mlp.Layer(int(r[0]), int(r[1]), int(r[2]), int(r[3]), act)
+            fused_mlp.Layer(int(r[0]), int(r[1]), int(r[2]), int(r[3]), act, bool(r[5]), bool(r[6]))
             for r, (_, act) in zip(table, pairs)
         ]
+        # the key table's rows: l the Dropout after layer l, L + l layer l's DropConnect
+        L = len(self.layers)
+        self.masked = {**self.dropouts, **{L + l: m for l, m in self.dropconnects.items()}}
+        self.keys = dropout_ops.KeyTable(self.xp, 2 * L, self.state.dtype) if self.masked else None
         ce = isinstance(loss, CrossEntropyLoss)
         self.loss_spec = fused_mlp.LossSpec(
             fused_mlp.CROSS_ENTROPY if ce else fused_mlp.MSE,
@@ -136,10 +152,12 @@ class FusedGpuEngine(Engine):
             device[...] = self.backend.asarray(host)
         if order is not None:
             self.order[...] = xp.asarray(order, dtype=np.int64)
+        if self.keys is not None:
+            self.keys.load(self.masked)
         self.epoch.reset()
         step = fused_mlp.FusedStep(
             rt, self.layers, self.state.P, self.state.G, self.state.S, opt, self.loss_spec,
-            self.state.param_table,
+            self.state.param_table, self.keys,
         )  # fmt: skip
         # graphs hold the buffers' addresses: recapture when the optimizer's state slots
         # were reallocated (hyperparameters changed which slots are used)
@@ -177,6 +195,10 @@ class FusedGpuEngine(Engine):
 
     def write_back(self) -> None:
         self.state.store(self.backend.to_numpy(self.device_opt.steps))
+        if self.keys is not None:  # the counters the steps advanced on the device
+            counters = self.keys.counters(self.backend.to_numpy)
+            for row, module in self.masked.items():
+                object.__setattr__(module, "counter", int(counters[row]))
 
     # -------------------------------------------------------------- helpers
     def _runner(self, step, rows, order):

@@ -40,7 +40,7 @@ ACTIVATION_MODULES = (ReLU, Sigmoid, Tanh, GELU, LeakyReLU)
 UNFUSED_LAYERS = (
     (BatchNorm1d, "BatchNorm1d is trained by the autograd engine only"),
     (Dropout, "Dropout is trained by the autograd engine only"),
-    (DropConnectDense, "DropConnectDense is trained by the autograd engine only"),
+    (DropConnectDense, "DropConnectDense is not run by this engine"),
 )
 # optimizer update name -> state keys held in the flat buffers S[0], S[1], S[2]
 STATE_SLOTS = {
@@ -51,12 +51,13 @@ STATE_SLOTS = {
 }
 
 
-def dense_layers(model, dropouts: dict | None = None):
+def dense_layers(model, dropouts: dict | None = None, dropconnects: dict | None = None):
     """``[(linear_module, activation_name)]`` for a fusable Sequential, else a reason str.
 
     ``dropouts``: a dict to fill with ``{layer index: Dropout module}`` for a ``Dropout``
     after a layer's activation (an engine that runs dropout passes one; without it a
-    ``Dropout`` makes the model unfusable)."""
+    ``Dropout`` makes the model unfusable). ``dropconnects``: likewise, ``{layer index:
+    DropConnectDense module}`` (without it a ``DropConnectDense`` is refused)."""
     if not isinstance(model, Sequential):
         return f"the model is a {type(model).__name__}, not a Sequential"
     layers = []
@@ -70,9 +71,12 @@ def dense_layers(model, dropouts: dict | None = None):
                 return "two Dropout layers in a row are trained by the autograd engine only"
             dropouts[len(layers) - 1] = module
             continue
-        for kind, reason in UNFUSED_LAYERS:
-            if isinstance(module, kind):
-                return reason
+        if dropconnects is not None and isinstance(module, DropConnectDense):
+            dropconnects[len(layers)] = module
+        else:
+            for kind, reason in UNFUSED_LAYERS:
+                if isinstance(module, kind):
+                    return reason
         if getattr(module, "kernel_regularizer", None) or getattr(module, "bias_regularizer", None):
             return f"{module!r} has a weight penalty (kernel/bias_regularizer), not fused yet"
         if isinstance(module, Linear):
@@ -98,11 +102,13 @@ def dense_layers(model, dropouts: dict | None = None):
     return [tuple(pair) for pair in layers]
 
 
-def fused_model_reason(model, loss, optimizer, callbacks, dropout: bool = False) -> str | None:
+def fused_model_reason(
+    model, loss, optimizer, callbacks, dropout: bool = False, dropconnect: bool = False
+) -> str | None:
     """None if a fused engine can train this model, loss, optimizer and callbacks on any
-    device that has one (``dropout``: one that runs ``Dropout`` layers), else why not
-    (for messages)."""
-    layers = dense_layers(model, {} if dropout else None)
+    device that has one (``dropout``: one that runs ``Dropout`` layers; ``dropconnect``:
+    one that runs ``DropConnectDense``), else why not (for messages)."""
+    layers = dense_layers(model, {} if dropout else None, {} if dropconnect else None)
     if isinstance(layers, str):
         return layers
     if not isinstance(loss, (CrossEntropyLoss, MSELoss)):
@@ -155,12 +161,12 @@ class FlatState:
       neither read nor write it
 
     Host tables (NumPy int64): ``param_table`` (K, 2) ``(offset, size)``;
-    ``layer_table`` (L, 6) ``(in_features, out_features, weight index, bias index or -1,
-    activation code, 1 when a Dropout follows the layer)``, indices into the model's
-    parameter order.
+    ``layer_table`` (L, 7) ``(in_features, out_features, weight index, bias index or -1,
+    activation code, 1 when a Dropout follows the layer, 1 when the layer is a
+    DropConnectDense)``, indices into the model's parameter order.
     """
 
-    def __init__(self, model, optimizer, layers, xp, dropouts=()):
+    def __init__(self, model, optimizer, layers, xp, dropouts=(), dropconnects=()):
         self.xp = xp
         self.optimizer = optimizer
         self.opt_name = optimizer._update_name
@@ -178,6 +184,7 @@ class FlatState:
                     -1 if lin.bias is None else index[id(lin.bias)],
                     _act_code(act),
                     int(i in dropouts),
+                    int(i in dropconnects),
                 ]
                 for i, (lin, act) in enumerate(layers)
             ],
