@@ -38,7 +38,7 @@ WARMUP_ROWS = 64
 #: timed steps cover at least this many rows (and two steps)...
 PROBE_ROWS = 256
 #: ...and are measured this way only when an epoch has this many times more steps
-PROBE_SHARE_OF_EPOCH = 8
+PROBE_SHARE_OF_EPOCH = 16
 #: timed runs of the probe steps per engine (the fastest counts)
 PROBE_REPEATS = 3
 #: the fused kernels' load time assumed before one was measured on this machine (the
