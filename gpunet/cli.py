@@ -1,4 +1,4 @@
-"""Command line: ``gpunet train`` and ``gpunet info``."""
+"""Command line: ``gpunet train``, ``gpunet info`` and ``gpunet bench``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="versions, backends and devices")
     info.set_defaults(func=cmd_info)
+
+    from gpunet.bench import cli as bench_cli  # noqa: PLC0415  (argparse only, no heavy imports)
+
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark gpunet against its peers (throughput, time to accuracy, plots)",
+        description=bench_cli.DESCRIPTION,
+    )
+    bench_cli.add_arguments(bench)
+    bench.set_defaults(func=bench_cli.run)
 
     t = sub.add_parser(
         "train",

@@ -1,0 +1,255 @@
+"""The Markdown report of a ``gpunet bench`` run, read at a glance: headline ratios
+first, then one table per part, each with gpunet ÷ peer ratio columns, then how it was
+measured and on what.
+
+The JSON report (``SCHEMA``) holds: ``meta`` (settings, machine, devices, notes),
+``ceilings`` (one row per device and kind: sgemm GFLOP/s, GPU copy GB/s), ``throughput``
+(one row per device, network, optimizer, batch size and implementation; samples/s
+median/min/max, GFLOP/s, every repeat's seconds, ``ratios`` on gpunet's fused row) and
+``time_to_accuracy`` (``sweeps``: the learning-rate sweeps; ``runs``: one curve per
+device, data set, regime and implementation, with ``seconds_to_target`` and, on
+gpunet's run, ``ratios`` of the times).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+SCHEMA = "gpunet-bench/1"
+REFERENCE = "gpunet-fused"  # throughput rows' reference (throughput.REFERENCE)
+
+
+def fmt(v, digits: int = 3) -> str:
+    """A number for a table: thousands separators from 100 up, else 3 significant."""
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.{digits}g}"
+
+
+def ratio(v) -> str:
+    return "—" if v is None else f"{v:.2f}x"
+
+
+def batch_text(row: dict) -> str:
+    return f"full ({row['batch_size']})" if row.get("full_batch") else str(row["batch_size"])
+
+
+def _labels(rows: list) -> dict:
+    """framework key -> label, in the order first seen."""
+    return {r["framework"]: r["label"] for r in rows}
+
+
+# ------------------------------------------------------------------------- parts
+def headline(rep: dict) -> list:
+    """Bullet lines: the median gpunet ÷ PyTorch throughput ratio per device and the
+    time-to-target ratios of the mini-batch regime."""
+    lines = []
+    for device in dict.fromkeys(r["device"] for r in rep["throughput"]):
+        for key, name in (("torch", "PyTorch"), ("numpy", "NumPy"), ("sklearn", "scikit-learn")):
+            values = [
+                r["ratios"][key]
+                for r in rep["throughput"]
+                if r["device"] == device and key in r.get("ratios", {})
+            ]
+            if values:
+                lines.append(
+                    f"- {device}: gpunet ÷ {name} samples/s, median over {len(values)} rows "
+                    f"{statistics.median(values):.2f}x (range {min(values):.2f}–{max(values):.2f}x)"
+                )
+    for r in rep["time_to_accuracy"]["runs"]:
+        if r["framework"] == "gpunet":
+            reach = (
+                f"{fmt(r['seconds_to_target'])} s (epoch {r['epochs_to_target']})"
+                if r["seconds_to_target"] is not None
+                else f"not reached in {r['epochs']} epochs"
+            )
+            ratios = ", ".join(f"÷ {k} {v:.2f}x" for k, v in r.get("ratios", {}).items())
+            lines.append(
+                f"- {r['device']} {r['dataset']} {r['regime']}: gpunet to "
+                f"{r['target']:.0%} accuracy {reach}" + (f"; time {ratios}" if ratios else "")
+            )
+    return lines
+
+
+def ceilings_table(rep: dict) -> list:
+    out = ["| device | ceiling | median [min–max] | unit | shape |", "|---|---|---|---|---|"]
+    for c in rep["ceilings"]:
+        out.append(
+            f"| {c['device']} | {c['kind']} | {fmt(c['median'])} [{fmt(c['min'])}–"
+            f"{fmt(c['max'])}] | {c['unit']} | {c.get('shape', '')} |"
+        )
+    return out
+
+
+def throughput_tables(rep: dict) -> list:
+    """Per device and network: rows optimizer x batch, a samples/s column per
+    implementation (median [min–max]), GFLOP/s of gpunet, then gpunet ÷ each peer."""
+    out = []
+    rows = rep["throughput"]
+    for device, network in dict.fromkeys((r["device"], r["network"]) for r in rows):
+        group = [r for r in rows if (r["device"], r["network"]) == (device, network)]
+        labels = _labels(group)
+        peers = [k for k in labels if k != REFERENCE]
+        widths = "-".join(map(str, group[0]["widths"]))
+        out += [
+            f"### {device}: {network} ({widths})",
+            "",
+            "| optimizer | batch | "
+            + " | ".join(labels.values())
+            + " | gpunet GFLOP/s | "
+            + " | ".join(f"{labels[REFERENCE]} ÷ {labels[k]}" for k in peers)
+            + " |",
+            "|---|---|" + "---|" * (len(labels) + 1 + len(peers)),
+        ]
+        for opt, batch in dict.fromkeys((r["optimizer"], r["batch_size"]) for r in group):
+            cells = {
+                r["framework"]: r
+                for r in group
+                if (r["optimizer"], r["batch_size"]) == (opt, batch)
+            }
+            ref = cells.get(REFERENCE, {})
+            first = next(iter(cells.values()))
+            values = [
+                f"{fmt(c['samples_per_s']['median'])} [{fmt(c['samples_per_s']['min'])}–"
+                f"{fmt(c['samples_per_s']['max'])}]"
+                if (c := cells.get(k))
+                else "—"
+                for k in labels
+            ]
+            ratios = [ratio(ref.get("ratios", {}).get(k)) for k in peers]
+            out.append(
+                f"| {opt} | {batch_text(first)} | "
+                + " | ".join(values)
+                + f" | {fmt(ref.get('gflops'))} | "
+                + " | ".join(ratios)
+                + " |"
+            )
+        out.append("")
+    return out
+
+
+def accuracy_tables(rep: dict) -> list:
+    """Per device and data set: rows regime, a seconds-to-target column per
+    implementation ("—": not reached), final accuracy, then gpunet ÷ each peer (time:
+    below 1 means gpunet got there sooner)."""
+    out = []
+    acc = rep["time_to_accuracy"]
+    runs = acc["runs"]
+    for device, dataset in dict.fromkeys((r["device"], r["dataset"]) for r in runs):
+        group = [r for r in runs if (r["device"], r["dataset"]) == (device, dataset)]
+        labels = _labels(group)
+        peers = [k for k in labels if k != "gpunet"]
+        first = group[0]
+        out += [
+            f"### {device}: {dataset}, target {first['target']:.0%} validation accuracy, "
+            f"{first['epochs']} epochs, SGD momentum 0.9",
+            "",
+            "| regime | batch | lr | "
+            + " | ".join(f"{v}: s to target (epoch)" for v in labels.values())
+            + " | "
+            + " | ".join(f"{v}: final acc" for v in labels.values())
+            + " | "
+            + " | ".join(f"gpunet ÷ {labels[k]} (time)" for k in peers)
+            + " |",
+            "|---|---|---|" + "---|" * (2 * len(labels) + len(peers)),
+        ]
+        for regime in dict.fromkeys(r["regime"] for r in group):
+            cells = {r["framework"]: r for r in group if r["regime"] == regime}
+            ref = cells.get("gpunet", {})
+            some = next(iter(cells.values()))
+            reach = [
+                (
+                    f"{fmt(c['seconds_to_target'])} ({c['epochs_to_target']})"
+                    if c["seconds_to_target"] is not None
+                    else "not reached"
+                )
+                if (c := cells.get(k))
+                else "—"
+                for k in labels
+            ]
+            finals = [fmt(cells[k]["final_val_accuracy"]) if k in cells else "—" for k in labels]
+            ratios = [ratio(ref.get("ratios", {}).get(k)) for k in peers]
+            out.append(
+                f"| {regime} | {some['batch_size']} | {some['lr']:g} | "
+                + " | ".join(reach + finals + ratios)
+                + " |"
+            )
+        out.append("")
+    out += [
+        "Learning rates: per regime, gpunet trained "
+        f"{rep['meta']['settings']['sweep_epochs']} epochs at each rate of a 4-rate grid; "
+        "the best validation accuracy chose the rate every implementation then used:",
+        "",
+        "| device | data set | regime | rate: validation accuracy | chosen |",
+        "|---|---|---|---|---|",
+    ]
+    for s in acc["sweeps"]:
+        grid = ", ".join(f"{lr}: {fmt(a)}" for lr, a in s["grid"].items())
+        out.append(f"| {s['device']} | {s['dataset']} | {s['regime']} | {grid} | {s['lr']:g} |")
+    return out + [""]
+
+
+def machine_lines(rep: dict) -> list:
+    meta = rep["meta"]
+    m = meta["machine"]
+    load = lambda v: "n/a" if v is None else " ".join(f"{x:.2f}" for x in v)  # noqa: E731
+    blas = ", ".join(
+        f"{b.get('internal_api')} {b.get('version') or ''} ({b.get('num_threads')} threads)"
+        for b in m.get("blas") or []
+        if isinstance(b, dict)
+    )
+    shared = (m.get("loadavg_start") or [0])[0] > 0.5 * (m.get("cpus_usable") or 1)
+    lines = [
+        f"- CPU: {m['cpu']}; {m['cpu_count']} cores, {m['cpus_usable']} usable; "
+        f"{m['hostname']}, {m['platform']}",
+        "- devices: " + "; ".join(f"{d}: {s}" for d, s in meta["devices"].items()),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
+        f"- BLAS / OpenMP: {blas or m.get('blas')}",
+        "- threads: " + ", ".join(f"{k} {v}" for k, v in m["threads"].items()),
+        "- denormals: " + ", ".join(f"{k} {v}" for k, v in m["denormals"].items()),
+        f"- load average (1, 5, 15 min) at start {load(m.get('loadavg_start'))}, at end "
+        f"{load(m.get('loadavg_end'))}"
+        + (" — the machine was shared with other work during the run" if shared else ""),
+        f"- wall time {meta.get('wall_seconds', 0):.0f} s, preset `{meta['preset']}`",
+    ]
+    lines += [f"- {n}" for n in meta["notes"]]
+    if meta.get("plots_skipped"):
+        lines.append(f"- plots skipped: {meta['plots_skipped']}")
+    return lines
+
+
+def markdown(rep: dict) -> str:
+    """The whole Markdown report."""
+    meta = rep["meta"]
+    s = meta["settings"]
+    out = [
+        f"# gpunet bench — {meta['machine']['cpu']}, {meta['machine']['date']}",
+        "",
+        "## Headline",
+        "",
+        *headline(rep),
+        "",
+        "## Ceilings",
+        "",
+        *ceilings_table(rep),
+        "",
+        "## Training throughput (samples/s, median [min–max])",
+        "",
+        f"One epoch's samples/s on a slice of synthetic MNIST-shaped data, ReLU layers, "
+        f"softmax cross-entropy, float32; median of {s['repeats']} repeats after a warm-up, "
+        "implementations taking turns. SGD: lr 0.01, momentum 0.9; Adam: lr 1e-3. "
+        "gpunet (fused) is the reference of the ratio columns (above 1: gpunet faster).",
+        "",
+        *throughput_tables(rep),
+        "## Time to accuracy",
+        "",
+        "Validation accuracy after each epoch; seconds count training only (no "
+        "evaluation), after a warm-up. Ratio columns divide gpunet's seconds to the "
+        "target by the peer's (below 1: gpunet sooner).",
+        "",
+        *accuracy_tables(rep),
+    ]
+    if meta.get("plots"):
+        out += ["## Plots", ""] + [f"![{p}]({p})" for p in meta["plots"]] + [""]
+    out += ["## Method and machine", "", *machine_lines(rep)]
+    return "\n".join(out) + "\n"
