@@ -112,6 +112,7 @@ def time_to_target(rep: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(groups)), 4.5))
     top = max((r["seconds_to_target"] or 0 for r in runs), default=1) or 1
     for j, (device, key, label) in enumerate(bars):
+        legend = f"{label} ({device})"  # on the implementation's first bar only
         for i, group in enumerate(groups):
             run = next(
                 (
@@ -131,8 +132,9 @@ def time_to_target(rep: dict, path: Path) -> Path:
                 seconds or 0,
                 width,
                 color=f"C{j}",
-                label=f"{label} ({device})" if i == 0 else None,
+                label=legend,
             )
+            legend = None
             if seconds is None:
                 ax.text(
                     x, top * 0.02, "not reached", rotation=90, ha="center", va="bottom", fontsize=7
