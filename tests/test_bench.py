@@ -120,7 +120,9 @@ def test_plots_written(tiny_run):
     for path in written["plots"]:
         data = Path(path).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
-    assert sorted(rep["meta"]["plots"]) == sorted(names)
+    saved = json.loads(Path(written["json"]).read_text())
+    assert sorted(saved["meta"]["plots"]) == sorted(names)
+    assert saved["meta"]["plots_skipped"] is None
 
 
 def test_without_matplotlib_json_and_markdown_still_written(tiny_run, tmp_path, monkeypatch):
