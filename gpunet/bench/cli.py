@@ -41,6 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
     p.add_argument("--epochs", type=int, default=None, help="time-to-accuracy epoch budget")
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="CPU throughput: each implementation in a process of its own "
+        "(gpunet/bench/isolated.py; slower to start, no shared thread pools)",
+    )
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--no-plots", action="store_true", help="JSON and Markdown only")
@@ -65,6 +71,7 @@ def settings_from(args):
         "devices": tuple(args.devices),
         "plots": not args.no_plots,
         "progress": not args.no_progress,
+        "isolate": args.isolate,
     }
     for key in ("optimizers", "peers"):
         if getattr(args, key) is not None:

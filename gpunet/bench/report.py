@@ -56,6 +56,7 @@ def headline(rep: dict) -> list:
                     f"- {device}: gpunet ÷ {name} samples/s, median over {len(values)} rows "
                     f"{statistics.median(values):.2f}x (range {min(values):.2f}–{max(values):.2f}x)"
                 )
+    names = _labels(rep["time_to_accuracy"]["runs"])
     for r in rep["time_to_accuracy"]["runs"]:
         if r["framework"] == "gpunet":
             reach = (
@@ -63,7 +64,7 @@ def headline(rep: dict) -> list:
                 if r["seconds_to_target"] is not None
                 else f"not reached in {r['epochs']} epochs"
             )
-            ratios = ", ".join(f"÷ {k} {v:.2f}x" for k, v in r.get("ratios", {}).items())
+            ratios = ", ".join(f"÷ {names[k]} {v:.2f}x" for k, v in r.get("ratios", {}).items())
             lines.append(
                 f"- {r['device']} {r['dataset']} {r['regime']}: gpunet to "
                 f"{r['target']:.0%} accuracy {reach}" + (f"; time {ratios}" if ratios else "")

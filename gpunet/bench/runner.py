@@ -9,6 +9,7 @@ whole sweep. ``run(settings)`` returns the report (a JSON-serialisable dict, see
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -17,7 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from gpunet.bench import accuracy, ceilings, machine, peers, report, throughput, workloads
+from gpunet.bench import (
+    accuracy,
+    ceilings,
+    isolated,
+    machine,
+    peers,
+    report,
+    throughput,
+    workloads,
+)
 from gpunet.bench.progress import Progress
 
 ENGINES = ("fused", "autograd")
@@ -53,6 +63,7 @@ class Settings:
     max_train: int | None = None  # keep only this many training samples (quick runs)
     targets: dict = field(default_factory=lambda: dict(accuracy.TARGETS))
     torch_threads: int = 2
+    isolate: bool = False  # CPU throughput: each implementation in its own process
     plots: bool = True
     progress: bool = True
 
@@ -109,10 +120,11 @@ def usable_devices(requested) -> tuple[list, dict]:
     return run, skipped
 
 
-def make_peers(settings: Settings, widths, device: str, engines, notes: list) -> list:
-    """gpunet with each engine of ``engines`` and every usable peer of ``settings.peers``
-    for ``device``; a peer that cannot run is left out with a line in ``notes``."""
-    made = [peers.GpunetPeer(widths, engine=e, device=device) for e in engines]
+def peer_specs(settings: Settings, device: str, engines, notes: list) -> list:
+    """``[(key, kwargs)]`` of ``peers.PEERS``: gpunet with each engine of ``engines``,
+    then every usable peer of ``settings.peers`` for ``device``; a peer that cannot run
+    is left out with a line in ``notes``."""
+    specs = [("gpunet", {"engine": e, "device": device}) for e in engines]
     for key in settings.peers:
         if key in HOST_ONLY and device != "cpu":
             continue
@@ -125,8 +137,16 @@ def make_peers(settings: Settings, widths, device: str, engines, notes: list) ->
         kwargs = {}
         if key == "torch":
             kwargs = {"device": device, "threads": settings.torch_threads}
-        made.append(peers.PEERS[key](widths, **kwargs))
-    return made
+        specs.append((key, kwargs))
+    return specs
+
+
+def make_peers(settings: Settings, widths, device: str, engines, notes: list) -> list:
+    """The peers of ``peer_specs``, in this process."""
+    return [
+        peers.PEERS[key](widths, **kwargs)
+        for key, kwargs in peer_specs(settings, device, engines, notes)
+    ]
 
 
 # -------------------------------------------------------------------------- parts
@@ -146,26 +166,32 @@ def throughput_rows(settings: Settings, devices) -> list:
 
 
 def run_throughput(settings, devices, progress, notes) -> list:
-    results, data, made = [], {}, {}
-    for row in throughput_rows(settings, devices):
-        progress.step(row.label)
-        if row.network not in data:
-            data[row.network] = workloads.make_data(row.samples, row.widths[0], row.widths[-1])
-        if (row.device, row.network) not in made:
-            made[row.device, row.network] = make_peers(
-                settings, row.widths, row.device, settings.engines, notes
+    """Every row of ``throughput_rows``; the peers of a (device, network) are built
+    once for its rows (each in its own process with ``settings.isolate`` on the CPU:
+    ``isolated.IsolatedPeer``, the data in shared memory)."""
+    results, current = [], None
+    with contextlib.ExitStack() as stack:
+        for row in throughput_rows(settings, devices):
+            progress.step(row.label)
+            if current != (row.device, row.network):
+                stack.close()  # the previous network's workers and shared memory
+                current = (row.device, row.network)
+                X, y = workloads.make_data(row.samples, row.widths[0], row.widths[-1])
+                specs = peer_specs(settings, row.device, settings.engines, notes)
+                if settings.isolate and row.device == "cpu":
+                    shared = isolated.SharedArrays(X=X, y=y)
+                    stack.callback(shared.close)
+                    X, y = shared.arrays["X"], shared.arrays["y"]
+                    made = []
+                    for key, kwargs in specs:
+                        made.append(isolated.IsolatedPeer(key, row.widths, shared, **kwargs))
+                        stack.callback(made[-1].close)
+                else:
+                    made = [peers.PEERS[key](row.widths, **kwargs) for key, kwargs in specs]
+            flops = workloads.flops_per_sample(row.widths)["total"]
+            results += throughput.run_row(
+                row, made, X, y, settings.repeats, settings.target_seconds, flops
             )
-        X, y = data[row.network]
-        flops = workloads.flops_per_sample(row.widths)["total"]
-        results += throughput.run_row(
-            row,
-            made[row.device, row.network],
-            X,
-            y,
-            settings.repeats,
-            settings.target_seconds,
-            flops,
-        )
     return results
 
 
