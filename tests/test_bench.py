@@ -10,9 +10,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from gpunet.bench import accuracy, compare, plots, runner, throughput
+from gpunet.bench import accuracy, compare, peers, plots, runner, throughput
 from gpunet.cli import build_parser
 from gpunet.cli import main as gpunet_main
 
@@ -142,6 +143,21 @@ def test_cuda_reported_not_available(monkeypatch):
     devices, skipped = runner.usable_devices(("cpu", "cuda"))
     assert devices == ["cpu"]
     assert skipped == {"cuda": "not available: no GPU here"}
+
+
+def test_device_cache_copies_a_data_set_once():
+    """The GPU peers' data cache, with a stand-in for the copy to the device."""
+    copies = []
+    cache = peers.DeviceCache("cuda", lambda A: copies.append(A.shape) or A.copy())
+    X = np.arange(20.0).reshape(10, 2)
+    assert np.array_equal(cache(X[:5]), X[:5]) and copies == [(5, 2)]
+    assert np.array_equal(cache(X), X) and copies == [(5, 2), (10, 2)]  # longer: copied again
+    assert np.array_equal(cache(X[:7]), X[:7]) and len(copies) == 2  # a leading slice: reused
+    assert np.array_equal(cache(X[3:]), X[3:]) and len(copies) == 3  # another address
+    for k in range(1, 7):
+        cache(np.zeros((2, k)))
+    assert len(cache.copies) == peers.DeviceCache.KEEP
+    assert peers.DeviceCache("cpu", None)(X) is X
 
 
 # ------------------------------------------------------------ time to target

@@ -273,9 +273,10 @@ class GpunetPeer(Peer):
             nn.Dense(i, o, "relu" if k < last else "linear", dtype=dtype, device=self.device)
             for k, (i, o) in enumerate(zip(self.widths[:-1], self.widths[1:]))
         ]
+        to_device = (lambda A: A) if self.device == "cpu" else _to_cupy
         for layer, (W, b) in zip(layers, init_params(self.widths, self.seed, dtype)):
-            layer.weight.data[...] = self._on_device(W)
-            layer.bias.data[...] = self._on_device(b)
+            layer.weight.data[...] = to_device(W)
+            layer.bias.data[...] = to_device(b)
         self.model = nn.Sequential(*layers)
         make = optim.SGD if optimizer_name == "sgd" else optim.Adam
         self.trainer = Trainer(
@@ -337,24 +338,30 @@ class GpunetPeer(Peer):
 
 
 class DeviceCache:
-    """Host arrays on a device, copied once: calling it with ``A`` returns ``A`` itself on
-    the CPU, else ``to_device(A)``, the last copy reused (a view of its leading rows)
-    while ``A`` starts at the same address and is no longer than the copied array, so
-    the benchmark's leading slices ``X[:n]`` of one data set are copied once."""
+    """Host data sets on a device, copied once: calling it with ``A`` returns ``A``
+    itself on the CPU, else a device copy; a copy is reused (a view of its leading rows)
+    while ``A`` starts at the same address and is no longer than the array copied, so
+    the benchmark's leading slices ``X[:n]`` of one data set are copied once. The cache
+    holds the host arrays it copied (no other array can take their address) and the
+    ``KEEP`` most recent copies."""
+
+    KEEP = 4
 
     def __init__(self, device: str, to_device):
         self.device, self.to_device = device, to_device
-        self.copies: dict = {}  # (address, dtype, shape[1:]) -> (rows, copy)
+        self.copies: dict = {}  # (address, dtype, shape[1:]) -> (host array, copy)
 
     def __call__(self, A):
         if self.device == "cpu":
             return A
         A = np.asarray(A)
         key = (A.ctypes.data, A.dtype.str, A.shape[1:])
-        rows, copy = self.copies.get(key, (-1, None))
-        if rows < len(A) or not A.flags.c_contiguous:
-            copy = self.to_device(np.ascontiguousarray(A))
-            self.copies = {key: (len(A), copy)} | {k: v for k, v in self.copies.items() if k != key}
+        host, copy = self.copies.pop(key, (None, None))
+        if host is None or len(host) < len(A) or not A.flags.c_contiguous:
+            host, copy = A, self.to_device(np.ascontiguousarray(A))
+        self.copies[key] = (host, copy)  # the most recent last
+        while len(self.copies) > self.KEEP:
+            self.copies.pop(next(iter(self.copies)))
         return copy[: len(A)]
 
 

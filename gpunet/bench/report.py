@@ -204,6 +204,11 @@ def machine_lines(rep: dict) -> list:
         f"- CPU: {m['cpu']}; {m['cpu_count']} cores, {m['cpus_usable']} usable; "
         f"{m['hostname']}, {m['platform']}",
         "- devices: " + "; ".join(f"{d}: {s}" for d, s in meta["devices"].items()),
+        *(
+            f"- {d}: {g['name']}, compute capability {g['compute_capability']}, "
+            f"{g['memory_gib']:.0f} GiB, driver {g['driver']}, runtime {g['runtime']}"
+            for d, g in meta.get("gpus", {}).items()
+        ),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
         f"- BLAS / OpenMP: {blas or m.get('blas')}",
         "- threads: " + ", ".join(f"{k} {v}" for k, v in m["threads"].items()),

@@ -217,9 +217,16 @@ def run_accuracy(settings, devices, progress, notes) -> dict:
                         accuracy.batch_size_of(regime, len(data[1])), len(data[1])
                     ):
                         continue
-                    run = accuracy.run_curve(
-                        peer, data, regime, sweep["lr"], settings.epochs, target
-                    )
+                    try:
+                        run = accuracy.run_curve(
+                            peer, data, regime, sweep["lr"], settings.epochs, target
+                        )
+                    except Exception as exc:  # one failing peer must not lose the rest
+                        notes.append(
+                            f"time to accuracy {device} {dataset} {regime} {peer.label}: "
+                            f"failed ({type(exc).__name__}: {exc})"
+                        )
+                        continue
                     group.append({"device": device, "dataset": dataset, "regime": regime, **run})
                 add_time_ratios(group)
                 runs += group
@@ -258,6 +265,7 @@ def run(settings: Settings) -> dict:
             "gpunet has no set_num_threads: its engines choose their threads "
             "(one or two per step by batch size), so no thread sweep"
         )
+    meta["gpus"] = {d: machine.gpu_info(d) for d in devices if d.startswith("cuda")}
     n_items = len(throughput_rows(settings, devices))
     n_items += len(devices) * len(settings.datasets) * len(settings.regimes)
     progress = Progress(n_items + len(devices), enabled=settings.progress)
