@@ -91,6 +91,7 @@ def test_json_schema(tiny_run):
         assert set(run["curve"]) == {"epoch", "seconds", "val_loss", "val_accuracy"}
         assert run["curve"]["epoch"] == [1, 2]
         assert run["seconds_to_target"] == run["curve"]["seconds"][0]  # target 0
+        assert run["samples_per_s"] == pytest.approx(128 * 2 / run["curve"]["seconds"][-1])
     gpunet = next(r for r in acc["runs"] if r["framework"] == "gpunet")
     assert set(gpunet["ratios"]) >= {"numpy"}
 
@@ -101,7 +102,12 @@ def test_markdown_tables_have_ratio_columns(tiny_run):
     for heading in ("## Headline", "## Ceilings", "## Training throughput", "## Time to accuracy"):
         assert heading in text
     assert "| gpunet (fused) ÷ NumPy |" in text or "gpunet (fused) ÷ NumPy |" in text
-    assert "gpunet ÷ NumPy (time)" in text
+    assert "| gpunet ÷ it, samples/s | gpunet ÷ it, time to target |" in text
+    numpy_runs = [
+        line for line in text.splitlines() if re.match(r"\| \w+ \| \d+ \| .* \| NumPy \|", line)
+    ]
+    assert len(numpy_runs) == 2  # batch and minibatch
+    assert all(len(re.findall(r"\d+\.\d+x", line)) == 2 for line in numpy_runs)
     assert "cuda" in text  # the CUDA part says why it did not run, or ran
     rows = [line for line in text.splitlines() if line.startswith("| sgd | 8 |")]
     assert rows and re.search(r"\d+\.\d\dx", rows[0])

@@ -95,5 +95,6 @@ def run_curve(peer, data, regime: str, lr: float, epochs: int, target: float) ->
         "epochs_to_target": epoch,
         "final_val_accuracy": curve["val_accuracy"][-1],
         "seconds_total": curve["seconds"][-1],
+        "samples_per_s": len(y) * epochs / curve["seconds"][-1],
         "info": peer.info(),
     }

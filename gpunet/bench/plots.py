@@ -4,8 +4,9 @@
   per optimizer, one line per implementation and device.
 - ``<stem>-accuracy-<dataset>.png``: validation accuracy and loss against epochs and
   against training seconds (2 x 2 panels), colour = regime, line style = implementation.
-- ``<stem>-time-to-target.png``: seconds to the target accuracy as bars, one group per
-  data set and regime, one bar per implementation and device; "not reached" marked.
+- ``<stem>-time-to-target.png``: samples/s of each regime and seconds to the target
+  accuracy as bars, one group per data set and regime, one bar per implementation and
+  device; "not reached" marked.
 """
 
 from __future__ import annotations
@@ -102,16 +103,12 @@ def accuracy(rep: dict, dataset: str, path: Path) -> Path:
     return path
 
 
-def time_to_target(rep: dict, path: Path) -> Path:
-    """Seconds to the target accuracy as grouped bars."""
-    plt = _pyplot()
-    runs = rep["time_to_accuracy"]["runs"]
-    groups = list(dict.fromkeys((r["dataset"], r["regime"]) for r in runs))
-    bars = list(dict.fromkeys((r["device"], r["framework"], r["label"]) for r in runs))
+def _grouped_bars(ax, runs, groups, bars, key: str, missing: str) -> None:
+    """One bar per implementation (``bars``) in each (data set, regime) group of
+    ``groups``, of height ``run[key]``; a run without a value gets ``missing`` written
+    at the bottom of its place."""
     width = 0.8 / max(len(bars), 1)
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(groups)), 4.5))
-    top = max((r["seconds_to_target"] or 0 for r in runs), default=1) or 1
-    for j, (device, key, label) in enumerate(bars):
+    for j, (device, framework, label) in enumerate(bars):
         legend = f"{label} ({device})"  # on the implementation's first bar only
         for i, group in enumerate(groups):
             run = next(
@@ -119,35 +116,51 @@ def time_to_target(rep: dict, path: Path) -> Path:
                     r
                     for r in runs
                     if (r["dataset"], r["regime"]) == group
-                    and (r["device"], r["framework"]) == (device, key)
+                    and (r["device"], r["framework"]) == (device, framework)
                 ),
                 None,
             )
             if run is None:
                 continue
             x = i - 0.4 + width * (j + 0.5)
-            seconds = run["seconds_to_target"]
-            ax.bar(
-                x,
-                seconds or 0,
-                width,
-                color=f"C{j}",
-                label=legend,
-            )
-            legend = None
-            if seconds is None:
+            value = run[key]
+            if value is None:
                 ax.text(
-                    x, top * 0.02, "not reached", rotation=90, ha="center", va="bottom", fontsize=7
+                    x,
+                    0.02,
+                    missing,
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    transform=ax.get_xaxis_transform(),
                 )
+                continue
+            ax.bar(x, value, width, color=f"C{j}", label=legend)
+            legend = None
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"{d}\n{g} ({runs[0]['epochs']} ep.)" for d, g in groups])
-    ax.set_ylabel("training seconds to target accuracy")
-    targets = ", ".join(f"{d} {t:.0%}" for d, t in rep["meta"]["settings"]["targets"].items())
-    ax.set_title(f"Time to target validation accuracy ({targets}); lower is better")
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
+
+
+def time_to_target(rep: dict, path: Path) -> Path:
+    """Per data set and regime: training samples/s (top, log scale) and seconds to the
+    target accuracy (bottom) as grouped bars, one bar per implementation and device."""
+    plt = _pyplot()
+    runs = rep["time_to_accuracy"]["runs"]
+    groups = list(dict.fromkeys((r["dataset"], r["regime"]) for r in runs))
+    bars = list(dict.fromkeys((r["device"], r["framework"], r["label"]) for r in runs))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(9, 1.8 * len(groups)), 8), sharex=True)
+    _grouped_bars(top, runs, groups, bars, "samples_per_s", "—")
+    top.set_yscale("log")
+    top.set_ylabel("training samples / s")
+    top.set_title("Throughput of each regime (higher is better)")
+    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _grouped_bars(bottom, runs, groups, bars, "seconds_to_target", "not reached")
+    bottom.set_yscale("log")
+    bottom.set_ylabel(f"training seconds to target (at most {runs[0]['epochs']} epochs)")
+    targets = ", ".join(f"{d} {t:.0%}" for d, t in rep["meta"]["settings"]["targets"].items())
+    bottom.set_title(f"Time to target validation accuracy ({targets}); lower is better")
+    bottom.set_xticklabels([f"{d}\n{g}" for d, g in groups])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -27,7 +27,10 @@ def fmt(v, digits: int = 3) -> str:
 
 
 def ratio(v) -> str:
-    return "—" if v is None else f"{v:.2f}x"
+    """``1.23x``; two significant digits below 0.1 (``0.0048x``)."""
+    if v is None:
+        return "—"
+    return f"{v:.2f}x" if v >= 0.1 else f"{v:.2g}x"
 
 
 def batch_text(row: dict) -> str:
@@ -130,50 +133,40 @@ def throughput_tables(rep: dict) -> list:
 
 
 def accuracy_tables(rep: dict) -> list:
-    """Per device and data set: rows regime, a seconds-to-target column per
-    implementation ("—": not reached), final accuracy, then gpunet ÷ each peer (time:
-    below 1 means gpunet got there sooner)."""
+    """Per device and data set, one row per regime and implementation: training
+    samples/s of the regime, seconds to the target ("not reached" within the budget),
+    final accuracy, and gpunet ÷ that implementation for both (samples/s: above 1
+    gpunet faster; time: below 1 gpunet sooner)."""
     out = []
     acc = rep["time_to_accuracy"]
     runs = acc["runs"]
     for device, dataset in dict.fromkeys((r["device"], r["dataset"]) for r in runs):
         group = [r for r in runs if (r["device"], r["dataset"]) == (device, dataset)]
-        labels = _labels(group)
-        peers = [k for k in labels if k != "gpunet"]
         first = group[0]
         out += [
             f"### {device}: {dataset}, target {first['target']:.0%} validation accuracy, "
             f"{first['epochs']} epochs, SGD momentum 0.9",
             "",
-            "| regime | batch | lr | "
-            + " | ".join(f"{v}: s to target (epoch)" for v in labels.values())
-            + " | "
-            + " | ".join(f"{v}: final acc" for v in labels.values())
-            + " | "
-            + " | ".join(f"gpunet ÷ {labels[k]} (time)" for k in peers)
-            + " |",
-            "|---|---|---|" + "---|" * (2 * len(labels) + len(peers)),
+            "| regime | batch | lr | implementation | samples/s | s to target (epoch) | "
+            "final accuracy | gpunet ÷ it, samples/s | gpunet ÷ it, time to target |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for regime in dict.fromkeys(r["regime"] for r in group):
-            cells = {r["framework"]: r for r in group if r["regime"] == regime}
-            ref = cells.get("gpunet", {})
-            some = next(iter(cells.values()))
-            reach = [
-                (
-                    f"{fmt(c['seconds_to_target'])} ({c['epochs_to_target']})"
-                    if c["seconds_to_target"] is not None
-                    else "not reached"
-                )
-                if (c := cells.get(k))
-                else "—"
-                for k in labels
-            ]
-            finals = [fmt(cells[k]["final_val_accuracy"]) if k in cells else "—" for k in labels]
-            ratios = [ratio(ref.get("ratios", {}).get(k)) for k in peers]
+        for r in group:
+            ref = next(
+                q for q in group if q["regime"] == r["regime"] and q["framework"] == "gpunet"
+            )
+            reach = (
+                f"{fmt(r['seconds_to_target'])} ({r['epochs_to_target']})"
+                if r["seconds_to_target"] is not None
+                else "not reached"
+            )
+            mine = r["framework"] == "gpunet"
+            speed = ref["samples_per_s"] / r["samples_per_s"]
+            time_ratio = ref.get("ratios", {}).get(r["framework"])
             out.append(
-                f"| {regime} | {some['batch_size']} | {some['lr']:g} | "
-                + " | ".join(reach + finals + ratios)
-                + " |"
+                f"| {r['regime']} | {r['batch_size']} | {r['lr']:g} | {r['label']} | "
+                f"{fmt(r['samples_per_s'])} | {reach} | {fmt(r['final_val_accuracy'])} | "
+                f"{'' if mine else ratio(speed)} | {'' if mine else ratio(time_ratio)} |"
             )
         out.append("")
     out += [
@@ -250,8 +243,10 @@ def markdown(rep: dict) -> str:
         "## Time to accuracy",
         "",
         "Validation accuracy after each epoch; seconds count training only (no "
-        "evaluation), after a warm-up. Ratio columns divide gpunet's seconds to the "
-        "target by the peer's (below 1: gpunet sooner).",
+        "evaluation), after a warm-up; samples/s = training samples x epochs / those "
+        "seconds. Ratio columns divide gpunet's samples/s by the implementation's (above "
+        "1: gpunet faster) and gpunet's seconds to the target by its (below 1: gpunet "
+        "sooner).",
         "",
         *accuracy_tables(rep),
     ]
