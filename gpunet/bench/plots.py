@@ -69,7 +69,7 @@ def accuracy(rep: dict, dataset: str, path: Path) -> Path:
     plt = _pyplot()
     runs = [r for r in rep["time_to_accuracy"]["runs"] if r["dataset"] == dataset]
     keys = list(dict.fromkeys((r["device"], r["framework"]) for r in runs))
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(14, 8))
     panels = (
         (axes[0, 0], "epoch", "val_accuracy", "validation accuracy", "epoch"),
         (axes[0, 1], "seconds", "val_accuracy", "validation accuracy", "training seconds"),
@@ -95,9 +95,10 @@ def accuracy(rep: dict, dataset: str, path: Path) -> Path:
         ax.grid(True, alpha=0.3)
     axes[1, 1].set_yscale("log")
     axes[1, 0].set_yscale("log")
-    axes[0, 0].legend(fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="center right")
     fig.suptitle(f"{dataset}: batch vs stochastic vs mini-batch (SGD, momentum 0.9)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
