@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpunet.bench import accuracy, compare, peers, plots, runner, throughput
+from gpunet.bench import accuracy, compare, peers, plots, report, runner, throughput
 from gpunet.cli import build_parser
 from gpunet.cli import main as gpunet_main
 
@@ -111,6 +111,16 @@ def test_markdown_tables_have_ratio_columns(tiny_run):
     assert "cuda" in text  # the CUDA part says why it did not run, or ran
     rows = [line for line in text.splitlines() if line.startswith("| sgd | 8 |")]
     assert rows and re.search(r"\d+\.\d\dx", rows[0])
+
+
+def test_markdown_without_a_gpunet_run(tiny_run):
+    """A run that failed (noted in meta) leaves its peers' rows without ratios."""
+    rep = json.loads(json.dumps(tiny_run[0]))
+    runs = rep["time_to_accuracy"]["runs"]
+    rep["time_to_accuracy"]["runs"] = [r for r in runs if r["framework"] != "gpunet"]
+    text = report.markdown(rep)
+    numpy_runs = [line for line in text.splitlines() if "| NumPy |" in line]
+    assert numpy_runs and all(line.endswith("| — | — |") for line in numpy_runs)
 
 
 def test_plots_written(tiny_run):

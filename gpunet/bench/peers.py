@@ -247,12 +247,6 @@ class GpunetPeer(Peer):
         super().__init__(widths, seed)
         self.flush_denormals, self.engine, self.device = flush_denormals, engine, device
         self.threads = threads
-        if threads is not None:
-            import gpunet  # noqa: PLC0415
-
-            setter = getattr(gpunet, "set_num_threads", None)
-            if setter is not None:
-                setter(threads)
         tags = [] if engine == "auto" else [engine]
         if not flush_denormals:
             tags.append("flush_denormals=False")
@@ -289,9 +283,18 @@ class GpunetPeer(Peer):
             flush_denormals=self.flush_denormals,
         )
 
+    def _set_threads(self) -> None:
+        """Apply ``threads`` before training (peers of one process take turns)."""
+        import gpunet  # noqa: PLC0415
+
+        setter = getattr(gpunet, "set_num_threads", None)
+        if self.threads is not None and setter is not None:
+            setter(self.threads)
+
     def train(self, X, y, batch_size):
         self.epoch += 1
         X, y = self._on_device(X), self._on_device(y)
+        self._set_threads()
         self.trainer.fit(X, y, epochs=1, batch_size=batch_size, shuffle=True, seed=self.epoch)
 
     def evaluate(self, X, y):
@@ -318,6 +321,7 @@ class GpunetPeer(Peer):
                 _append(curve, epoch + 1, self.total, quiet_evaluate(peer, X_val, y_val))
 
         self.trainer.callbacks.callbacks.append(Clock())
+        self._set_threads()
         try:
             X, y = self._on_device(X), self._on_device(y)
             self.trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=True, seed=1)
@@ -328,12 +332,16 @@ class GpunetPeer(Peer):
     def info(self):
         import numba  # noqa: PLC0415
 
+        import gpunet  # noqa: PLC0415
+
         trainer = getattr(self, "trainer", None)
+        has_setting = hasattr(gpunet, "set_num_threads")
         return {
             "engine": trainer and trainer.engine_name,
             "device": self.device,
             "flush_denormals": self.flush_denormals,
             "numba_threads": numba.get_num_threads(),
+            "gpunet_threads": self.threads if has_setting else "no gpunet.set_num_threads",
         }
 
 

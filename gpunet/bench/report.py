@@ -153,7 +153,8 @@ def accuracy_tables(rep: dict) -> list:
         ]
         for r in group:
             ref = next(
-                q for q in group if q["regime"] == r["regime"] and q["framework"] == "gpunet"
+                (q for q in group if q["regime"] == r["regime"] and q["framework"] == "gpunet"),
+                None,
             )
             reach = (
                 f"{fmt(r['seconds_to_target'])} ({r['epochs_to_target']})"
@@ -161,8 +162,8 @@ def accuracy_tables(rep: dict) -> list:
                 else "not reached"
             )
             mine = r["framework"] == "gpunet"
-            speed = ref["samples_per_s"] / r["samples_per_s"]
-            time_ratio = ref.get("ratios", {}).get(r["framework"])
+            speed = ref["samples_per_s"] / r["samples_per_s"] if ref else None
+            time_ratio = (ref or {}).get("ratios", {}).get(r["framework"])
             out.append(
                 f"| {r['regime']} | {r['batch_size']} | {r['lr']:g} | {r['label']} | "
                 f"{fmt(r['samples_per_s'])} | {reach} | {fmt(r['final_val_accuracy'])} | "
