@@ -33,6 +33,11 @@ def ratio(v) -> str:
     return f"{v:.2f}x" if v >= 0.1 else f"{v:.2g}x"
 
 
+def _share(value, ceiling) -> str:
+    """`` (12%)``: ``value`` as a share of ``ceiling``; empty when either is missing."""
+    return f" ({100 * value / ceiling:.0f}%)" if value and ceiling else ""
+
+
 def batch_text(row: dict) -> str:
     return f"full ({row['batch_size']})" if row.get("full_batch") else str(row["batch_size"])
 
@@ -94,13 +99,17 @@ def throughput_tables(rep: dict) -> list:
         group = [r for r in rows if (r["device"], r["network"]) == (device, network)]
         labels = _labels(group)
         peers = [k for k in labels if k != REFERENCE]
+        sgemm = next(
+            (c["median"] for c in rep["ceilings"] if (c["device"], c["kind"]) == (device, "sgemm")),
+            None,
+        )
         widths = "-".join(map(str, group[0]["widths"]))
         out += [
             f"### {device}: {network} ({widths})",
             "",
             "| optimizer | batch | "
             + " | ".join(labels.values())
-            + " | gpunet GFLOP/s | "
+            + " | gpunet GFLOP/s (% of sgemm) | "
             + " | ".join(f"{labels[REFERENCE]} ÷ {labels[k]}" for k in peers)
             + " |",
             "|---|---|" + "---|" * (len(labels) + 1 + len(peers)),
@@ -124,7 +133,7 @@ def throughput_tables(rep: dict) -> list:
             out.append(
                 f"| {opt} | {batch_text(first)} | "
                 + " | ".join(values)
-                + f" | {fmt(ref.get('gflops'))} | "
+                + f" | {fmt(ref.get('gflops'))}{_share(ref.get('gflops'), sgemm)} | "
                 + " | ".join(ratios)
                 + " |"
             )

@@ -260,7 +260,9 @@ def run(settings: Settings) -> dict:
         "optimizers": {k: peers.OPTIMIZERS[k] for k in settings.optimizers},
         "notes": [],
     }
-    if getattr(__import__("gpunet"), "set_num_threads", None) is None:
+    import gpunet  # noqa: PLC0415
+
+    if not hasattr(gpunet, "set_num_threads"):
         meta["notes"].append(
             "gpunet has no set_num_threads: its engines choose their threads "
             "(one or two per step by batch size), so no thread sweep"
