@@ -95,6 +95,8 @@ def throughput_tables(rep: dict) -> list:
     implementation (median [min–max]), GFLOP/s of gpunet, then gpunet ÷ each peer."""
     out = []
     rows = rep["throughput"]
+    if not rows:
+        return ["Not run.", ""]
     for device, network in dict.fromkeys((r["device"], r["network"]) for r in rows):
         group = [r for r in rows if (r["device"], r["network"]) == (device, network)]
         labels = _labels(group)
@@ -149,6 +151,8 @@ def accuracy_tables(rep: dict) -> list:
     out = []
     acc = rep["time_to_accuracy"]
     runs = acc["runs"]
+    if not runs:
+        return ["Not run.", ""]
     for device, dataset in dict.fromkeys((r["device"], r["dataset"]) for r in runs):
         group = [r for r in runs if (r["device"], r["dataset"]) == (device, dataset)]
         first = group[0]
