@@ -196,6 +196,8 @@ def run_throughput(settings, devices, progress, notes) -> list:
 
 
 def run_accuracy(settings, devices, progress, notes) -> dict:
+    """Per device, data set and regime: the learning-rate sweep (gpunet), then every
+    implementation's curve at the chosen rate; ``{"optimizer", "sweeps", "runs"}``."""
     sweeps, runs = [], []
     for device in devices:
         for dataset in settings.datasets:
@@ -280,6 +282,9 @@ def run(settings: Settings) -> dict:
             )
         rates = run_throughput(settings, devices, progress, meta["notes"])
         acc = run_accuracy(settings, devices, progress, meta["notes"])
+        for device in devices:  # did the machine's rate change while the run went on?
+            end = ceilings.sgemm(device, workloads.NETWORKS["mnist-mlp"], settings.sgemm_repeats)
+            ceiling_rows.append({**end, "kind": "sgemm, end of run"})
     finally:
         progress.close()
     meta["machine"]["loadavg_end"] = machine.load_average()
