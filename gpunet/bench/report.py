@@ -77,6 +77,7 @@ def headline(rep: dict) -> list:
                 f"- {r['device']} {r['dataset']} {r['regime']}: gpunet to "
                 f"{r['target']:.0%} accuracy {reach}" + (f"; time {ratios}" if ratios else "")
             )
+    lines += [f"- {d}: {state}" for d, state in rep["meta"]["devices"].items() if state != "ran"]
     return lines
 
 
