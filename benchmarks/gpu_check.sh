@@ -4,6 +4,8 @@
 #      eager, the out-of-memory message (tests/test_gpu.py, tests/test_optim.py)
 #   2. the GPU throughput benchmark against PyTorch (benchmarks/gpu_throughput.py)
 #   3. the CPU benchmark on this machine's cores against PyTorch with as many threads
+#   4. gpunet bench --quick on the GPU alone (its CUDA path: events, device copies, the
+#      GPU peers, the copy-bandwidth ceiling), JSON/Markdown/PNG under $OUT
 # Results go under $OUT when set, else benchmarks/results/. Without a GPU, step 1 skips,
 # step 2 writes a report saying so, and step 3 still runs (GPU-free parts).
 #
@@ -39,4 +41,8 @@ echo "==> 3. CPU engine on ${cores} cores vs PyTorch with ${cores} threads"
 if [[ -n "${QUICK:-}" ]]; then cpu_args=(--quick); else cpu_args=(--batch-sizes 1 32 512 4096); fi
 timeout 150 python benchmarks/train_throughput.py --torch-threads "${cores}" \
     --out "${out}/cpu-${cores}core-${device}-${stamp}" "${cpu_args[@]}" || status=1
+
+echo "==> 4. gpunet bench --quick on the GPU"
+timeout 150 python -m gpunet.cli bench --quick --devices cuda --no-progress \
+    --out-dir "${out}" --name "bench-quick-cuda-${device}-${stamp}" || status=1
 exit "${status}"

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import json
 import os
-import platform
 import socket
 import statistics
 import sys
@@ -31,86 +29,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` as a package
 from benchmarks import core_latency, isolated, peers  # noqa: E402
+from gpunet.bench.ceilings import matmul_rate, median_seconds, sgemm_operands  # noqa: E402, F401
+from gpunet.bench.machine import cpu_name, machine_info, subnormals_work  # noqa: E402, F401
+from gpunet.bench.throughput import MIN_STEPS, choose_slice, time_train  # noqa: E402, F401
+from gpunet.bench.workloads import flops_per_sample, make_data  # noqa: E402, F401
 
 DEFAULT_WIDTHS = (784, 512, 512, 10)
 BATCH_SIZES = ("1", "8", "32", "128", "512", "4096", "full")
-MIN_STEPS = 5  # a timed slice has at least this many optimizer steps (when the data allows)
-
-
-# ------------------------------------------------------------------------------ data
-def make_data(n: int, n_features: int, n_classes: int, kind: str, seed: int = 0):
-    """Synthetic MNIST-shaped data: X float32 (n, n_features) in [0, 1), y int64.
-
-    ``mnist-like``: each pixel of a 28x28 image is "ink" with a probability that falls
-    from 0.7 at the centre to ~0.004 in the corners (a Gaussian bump, sigma 6 px), ~81%
-    zeros overall as in MNIST; ink values are U(0, 1). ``uniform``: dense U(0, 1).
-    """
-    rng = np.random.default_rng(seed)
-    X = rng.random((n, n_features), dtype=np.float32)
-    if kind == "mnist-like":
-        side = int(round(np.sqrt(n_features)))
-        c = np.arange(side) - (side - 1) / 2
-        p_ink = 0.7 * np.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * 6.0**2))
-        p_ink = np.resize(p_ink.ravel(), n_features).astype(np.float32)
-        X *= rng.random((n, n_features), dtype=np.float32) < p_ink
-    y = rng.integers(0, n_classes, n, dtype=np.int64)
-    return X, y
-
-
-def flops_per_sample(widths) -> dict:
-    """Matmul FLOPs of one training step, per sample: forward 2*in*out per layer, weight
-    gradient 2*in*out per layer, input gradient 2*in*out for every layer but the first
-    (nobody needs dL/dX). Bias, activation, loss and optimizer work are left out."""
-    macs = [i * o for i, o in zip(widths[:-1], widths[1:])]
-    forward, grad_w, grad_x = 2 * sum(macs), 2 * sum(macs), 2 * sum(macs[1:])
-    return {
-        "forward": forward,
-        "grad_w": grad_w,
-        "grad_x": grad_x,
-        "total": forward + grad_w + grad_x,
-    }
-
-
-@functools.lru_cache(maxsize=2)
-def sgemm_operands(widths: tuple, m: int) -> list:
-    """``[(A (m, in), B (in, out), C (m, out))]`` float32 for the first two layers."""
-    rng = np.random.default_rng(1)
-    operands = []
-    for k_in, n_out in list(zip(widths[:-1], widths[1:]))[:2]:
-        A = rng.random((m, k_in), dtype=np.float32)
-        B = rng.random((k_in, n_out), dtype=np.float32)
-        operands.append((A, B, np.empty((m, n_out), np.float32)))
-    return operands
-
-
-def median_seconds(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls, after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def matmul_rate(widths, repeats: int, m: int = 4096) -> dict:
-    """GFLOP/s of float32 ``np.matmul`` (m x in) @ (in x out) for the first two layers'
-    shapes, median of ``repeats`` after one warm-up; ``peak`` is the better of the two."""
-    rates = {}
-    for A, B, C in sgemm_operands(tuple(widths), m):
-        k_in, n_out = B.shape
-        seconds = median_seconds(lambda A=A, B=B, C=C: np.matmul(A, B, out=C), repeats)
-        rates[f"{m}x{k_in} @ {k_in}x{n_out}"] = 2 * m * k_in * n_out / seconds / 1e9
-    return {"gflops": rates, "peak": max(rates.values())}
-
-
-# ---------------------------------------------------------------------------- timing
-def time_train(peer, X, y, batch_size: int) -> float:
-    """Seconds for one ``peer.train`` call (one epoch over X, y)."""
-    t0 = time.perf_counter()
-    peer.train(X, y, batch_size)
-    return time.perf_counter() - t0
 
 
 PAUSE_BETWEEN_PEERS_S = 1.0  # lets the previous peer's worker threads go to sleep
@@ -119,36 +44,6 @@ ROW_SGEMM_REPEATS = 3  # calls per shape in a row's sgemm turn
 # 512-row product drops from ~195 to 140-155 GFLOP/s for minutes at a time while the
 # 4096-row one holds ~195, and gpunet's 512-row epochs drop with it
 SMALL_SGEMM_ROWS, SMALL_SGEMM_REPEATS = 512, 10
-
-
-def choose_slice(row_peers, X, y, batch_size: int, target_s: float) -> int:
-    """Warm every peer up, then pick how many samples one timed repeat uses.
-
-    Full batch: all samples (one step). Otherwise each peer trains on growing probes
-    until one takes >= target_s / 8, which gives its rate; the slice is sized so the
-    slowest peer needs about ``target_s`` per repeat, or more where that would leave
-    the fastest with less than ``target_s / 4`` (but at most ``4 * target_s`` for the
-    slowest); a whole number of batches, at least ``MIN_STEPS`` steps, at most the
-    whole epoch."""
-    n = len(y)
-    warm = min(n, 2 * batch_size)
-    for peer in row_peers:
-        peer.train(X[:warm], y[:warm], batch_size)  # compiles / allocates, untimed
-    if batch_size >= n:
-        return n
-    cap = n // batch_size * batch_size
-    rates = []
-    for peer in row_peers:
-        k = warm
-        while True:
-            seconds = time_train(peer, X[:k], y[:k], batch_size)
-            if seconds >= target_s / 8 or k >= cap:
-                break
-            k = min(cap, k * 4)
-        rates.append(k / seconds)
-    slowest, fastest = min(rates), max(rates)
-    wanted = int(min(max(slowest * target_s, fastest * target_s / 4), slowest * target_s * 4))
-    return min(cap, max(wanted // batch_size * batch_size, MIN_STEPS * batch_size))
 
 
 def summarize(times, n_samples: int) -> dict:
@@ -225,65 +120,6 @@ def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eva
     for r in results:
         r["ratio_vs_torch"] = r["samples_per_s"] / torch_rate if torch_rate else None
     return results
-
-
-# --------------------------------------------------------------------------- machine
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-    """CPU, cores, library versions, BLAS and thread settings, date, load."""
-    cpu = cpu_name()
-    versions = {"python": platform.python_version(), "numpy": np.__version__}
-    for name in ("numba", "torch", "sklearn", "gpunet"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            versions[name] = None
-    try:
-        from threadpoolctl import threadpool_info  # noqa: PLC0415
-
-        blas = [
-            {
-                k: d.get(k)
-                for k in (
-                    "internal_api",
-                    "version",
-                    "num_threads",
-                    "threading_layer",
-                    "architecture",
-                    "prefix",
-                )
-            }
-            for d in threadpool_info()
-        ]
-    except ImportError:
-        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas")
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "versions": versions,
-        "blas": blas,
-        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
-
-def subnormals_work() -> bool:
-    """True if this thread still computes with subnormal floats (no FTZ/DAZ left on)."""
-    tiny = np.array([1e-40], np.float32)
-    return bool((tiny * np.float32(1.0))[0] != 0)
 
 
 # --------------------------------------------------------------------------- reports

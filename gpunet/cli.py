@@ -1,4 +1,4 @@
-"""Command line: ``gpunet train``, ``gpunet compile`` and ``gpunet info``."""
+"""Command line: ``gpunet train``, ``gpunet compile``, ``gpunet info`` and ``gpunet bench``."""
 
 from __future__ import annotations
 
@@ -36,6 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fused epoch kernels' dtypes",
     )
     comp.set_defaults(func=cmd_compile)
+
+    from gpunet.bench import cli as bench_cli  # noqa: PLC0415  (argparse only, no heavy imports)
+
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark gpunet against its peers (throughput, time to accuracy, plots)",
+        description=bench_cli.DESCRIPTION,
+    )
+    bench_cli.add_arguments(bench)
+    bench.set_defaults(func=bench_cli.run)
 
     from gpunet.data.recipes import describe as describe_recipes  # noqa: PLC0415
 
