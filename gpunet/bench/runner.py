@@ -214,7 +214,7 @@ def run_accuracy(settings, devices, progress, notes) -> dict:
                 )
                 sweeps.append({"device": device, "dataset": dataset, "regime": regime, **sweep})
                 group = []
-                for peer in make_peers(settings, widths, device, ("auto",), notes):
+                for peer in make_peers(settings, widths, device, (None,), notes):
                     if not peer.supports(
                         accuracy.batch_size_of(regime, len(data[1])), len(data[1])
                     ):
