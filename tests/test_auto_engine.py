@@ -152,3 +152,35 @@ def test_the_load_time_measured_on_this_machine_decides(load_seconds, monkeypatc
     trainer, X, y = make_fit("auto")
     trainer.fit(X, y, epochs=5, batch_size=4)
     assert trainer.last_engine.fused is not None
+
+
+def test_a_measured_choice_is_kept_for_later_fits_of_the_same_kind(load_seconds, monkeypatch):
+    """Default compile mode: the first fit measures and records its choice; the next fit
+    of the same network, optimizer, loss and batch size takes it without measuring (and
+    still gives the autograd engine's weights); another batch size measures again."""
+    from gpunet.backend import jit_cache  # noqa: PLC0415
+
+    store = {}
+    monkeypatch.setattr(jit_cache, "_mode", "background")
+    monkeypatch.setattr(jit_cache, "is_ready", lambda name: True)
+    monkeypatch.setattr(jit_cache, "load_choices", lambda: dict(store))
+    monkeypatch.setattr(jit_cache, "save_choice", store.__setitem__)
+    load_seconds.update(autograd=None, fused=1e-9)
+    trainer, X, y = make_fit("auto")
+    trainer.fit(X, y, epochs=3, batch_size=7, seed=2)
+    first = trainer.last_engine
+    assert len(store) == 1 and set(first.epoch_seconds) == {"autograd", "fused"}
+    (record,) = store.values()
+    assert record["engine"] == trainer.engine_name
+    trainer, X, y = make_fit("auto")
+    trainer.fit(X, y, epochs=3, batch_size=7, seed=2)
+    again = trainer.last_engine
+    assert "earlier on this machine" in again.decision and not again.step_seconds
+    assert set(again.epoch_seconds) <= {record["engine"]}  # no trial of the other engine
+    reference, X, y = make_fit("autograd")
+    reference.fit(X, y, epochs=3, batch_size=7, seed=2)
+    for got, want in zip(weights(trainer), weights(reference)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    trainer, X, y = make_fit("auto")
+    trainer.fit(X, y, epochs=3, batch_size=5, seed=2)
+    assert len(store) == 2

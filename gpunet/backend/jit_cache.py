@@ -87,7 +87,7 @@ def cache_dir() -> Path:
     return Path(threads.wait_for._cache._cache_path)
 
 
-def _stamp() -> str:
+def stamp() -> str:
     """Kernel sources, Numba, Python and the CPU target the cached machine code is for."""
     import numba  # noqa: PLC0415
     from numba.core.registry import cpu_target  # noqa: PLC0415
@@ -103,7 +103,7 @@ def _stamp() -> str:
 def marker_path(name: str) -> Path:
     """The marker file saying set ``name`` is in the cache for the current stamp."""
     _check_name(name)
-    return cache_dir() / f"gpunet-ready-{name}-{_stamp()}.json"
+    return cache_dir() / f"gpunet-ready-{name}-{stamp()}.json"
 
 
 def is_cached(name: str) -> bool:
@@ -206,6 +206,25 @@ def _write_json(path: Path, record: dict) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def load_choices() -> dict:
+    """``engine="auto"``'s measured choices on this machine (``gpunet-auto-choices.json``
+    in the cache directory; keys carry :func:`stamp`), or {}."""
+    try:
+        choices = json.loads((cache_dir() / "gpunet-auto-choices.json").read_text())
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return choices if isinstance(choices, dict) else {}
+
+
+def save_choice(key: str, record: dict) -> None:
+    """Add or replace one choice (atomically; lost updates between processes only cost
+    a measurement)."""
+    choices = load_choices()
+    choices[key] = record
+    with contextlib.suppress(OSError, AttributeError):
+        _write_json(cache_dir() / "gpunet-auto-choices.json", choices)
 
 
 # ----------------------------------------------------------------- background

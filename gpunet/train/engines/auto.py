@@ -8,7 +8,8 @@ a compile (minutes) before their first step. So :class:`AutoCpuEngine` measures,
 
 1. Before the first epoch, a warm-up epoch on a few rows loads the autograd engine's
    kernels. Every measured step is undone afterwards (:mod:`gpunet.train.snapshot`).
-2. The fit's time on autograd is projected from timed steps at the fit's batch size. If
+2. The fit's time on autograd is projected from timed steps at the fit's batch size (the
+   difference between runs of 2k and k steps, so per-run costs cancel). If
    the fit is too short to repay loading the fused kernels should they save
    ``PAYBACK_SHARE`` of it, or the fused kernels are not compiled
    (:func:`gpunet.backend.jit_cache.use`, which then starts compiling them in the
@@ -20,14 +21,21 @@ Where an epoch has few steps (large batches), timing a few steps would cost a la
 of an epoch, so the epochs themselves are the measurement: epoch 1 on autograd, epoch 2
 fused, then the faster; the switch between epochs is exact, since the model and
 optimizer hold the whole training state. A fit thus never waits for a compile and loses
-at most the load and one epoch on the slower engine. Results agree with either engine to
-rounding; a fit that must repeat bit for bit names its engine.
+at most the load and one epoch on the slower engine.
+
+The choice is kept in the cache directory (``gpunet-auto-choices.json``, keyed by the
+kernels, machine, network, optimizer, loss, batch size and CPUs): later fits of the same
+kind take it without measuring (in the default compile mode; delete the file to measure
+again). Results agree with either engine to rounding; a fit that must repeat bit for bit
+names its engine.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
+from gpunet.backend import jit_cache
 from gpunet.train.engines.base import Engine
 
 #: the fused kernels are tried only if saving this share of the rest of the fit would
@@ -36,7 +44,7 @@ PAYBACK_SHARE = 0.1
 #: rows of the warm-up steps that load an engine's kernels
 WARMUP_ROWS = 64
 #: timed steps cover at least this many rows (and two steps)...
-PROBE_ROWS = 256
+PROBE_ROWS = 64
 #: ...and are measured this way only when an epoch has this many times more steps
 PROBE_SHARE_OF_EPOCH = 16
 #: timed runs of the probe steps per engine (the fastest counts)
@@ -90,17 +98,71 @@ class AutoCpuEngine(Engine):
 
     def prepare(self, X, y, batch_size: int) -> None:
         self._data = (X, y, batch_size)
-        first = self._stage == "first"
-        if first and "autograd" not in _load_seconds:
-            _load_seconds["autograd"] = self._warm_up(self.autograd, "ops")
-        if first:
-            steps = -(-len(X) // batch_size)
-            probe_steps = max(2, -(-PROBE_ROWS // batch_size))
-            if steps >= PROBE_SHARE_OF_EPOCH * probe_steps:
-                self._choose_by_steps(probe_steps, steps)
+        if self._stage == "first":
+            self._key = self._choice_key(batch_size)
+            recorded = jit_cache.load_choices().get(self._key) if self._keeps_choices() else None
+            if recorded is not None and self._use_recorded(recorded):
+                pass
+            else:
+                if "autograd" not in _load_seconds:
+                    _load_seconds["autograd"] = self._warm_up(self.autograd, "ops")
+                steps = -(-len(X) // batch_size)
+                probe_steps = max(2, -(-PROBE_ROWS // batch_size))
+                if steps >= PROBE_SHARE_OF_EPOCH * probe_steps:
+                    self._choose_by_steps(probe_steps, steps)
         self.autograd.prepare(X, y, batch_size)
         if self.fused is not None:
             self.fused.prepare(X, y, batch_size)
+
+    def _choice_key(self, batch_size: int) -> str:
+        """What a measured choice depends on: kernels, machine, network, optimizer, loss,
+        batch size, CPUs."""
+        from gpunet.train.engines.fused_cpu import usable_cpus  # noqa: PLC0415
+
+        parts = (
+            jit_cache.stamp(),
+            repr(self.model),
+            type(self.optimizer).__name__,
+            type(self.loss).__name__,
+            str(self.model.dtype),
+            batch_size,
+            usable_cpus(),
+        )
+        return json.dumps(parts)
+
+    def _use_recorded(self, recorded: dict) -> bool:
+        """Take a choice measured earlier on this machine; False if it cannot be used
+        now (the fused kernels are not compiled)."""
+        engine = recorded.get("engine")
+        if engine == "fused":
+            if not self._fused_ready():
+                return False
+            self._load_fused()
+            self.current = self.fused
+        elif engine != "autograd":
+            return False
+        self._stage = "decided"
+        self.decision = f"{engine}: measured faster for this fit earlier on this machine"
+        return True
+
+    @staticmethod
+    def _keeps_choices() -> bool:
+        """Choices are kept across processes in the default (background compile) mode;
+        ``GPUNET_COMPILE=foreground`` (the test suite) measures every fit afresh."""
+        return jit_cache.compile_mode() == "background"
+
+    def _record(self) -> None:
+        if not self._keeps_choices():
+            return
+        jit_cache.save_choice(
+            self._key,
+            {
+                "engine": self.current.name,
+                "step_seconds": self.step_seconds,
+                "epoch_seconds": self.epoch_seconds,
+                "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
 
     def run_epoch(self, order=None, on_batch_end=None, control=None):
         start = time.perf_counter()
@@ -135,16 +197,12 @@ class AutoCpuEngine(Engine):
     def _fused_load_estimate(self) -> float:
         """Seconds loading the fused kernels will cost: 0 once loaded in this process,
         else as last measured on this machine, else ``UNMEASURED_LOAD_SECONDS``."""
-        from gpunet.backend import jit_cache  # noqa: PLC0415
-
         if "fused" in _load_seconds:
             return _load_seconds["fused"] or 0.0
         recorded = jit_cache.recorded_load_seconds(self.kernel_set)
         return UNMEASURED_LOAD_SECONDS if recorded is None else recorded
 
     def _load_fused(self) -> None:
-        from gpunet.backend import jit_cache  # noqa: PLC0415
-
         self.fused = self._make_fused()
         if "fused" not in _load_seconds:
             seconds = _load_seconds["fused"] = self._warm_up(self.fused, self.kernel_set)
@@ -169,26 +227,31 @@ class AutoCpuEngine(Engine):
             f"{self.current.name}: a step took {per_step['autograd'] * 1e3:.3g} ms on "
             f"autograd, {per_step['fused'] * 1e3:.3g} ms fused"
         )
+        self._record()
 
     def _time_steps(self, engine, count: int) -> float:
-        """Seconds per step of ``engine`` over ``count`` steps of the fit's batch size
-        (the best of ``PROBE_REPEATS`` runs after a first; all undone afterwards)."""
+        """Seconds per step of ``engine`` at the fit's batch size: the difference between
+        runs of ``2 * count`` and ``count`` steps (so what a run costs once, such as
+        starting a worker thread, cancels), each the best of ``PROBE_REPEATS``, after a
+        first run; all undone afterwards."""
         from gpunet.train.snapshot import restore_snapshot, take_snapshot  # noqa: PLC0415
 
         X, y, batch_size = self._data
-        rows = count * batch_size
         snapshot = take_snapshot(self.model, self.optimizer)
+        best = {}
         try:
-            engine.prepare(X[:rows], y[:rows], batch_size)
-            engine.run_epoch()
-            seconds = float("inf")
-            for _ in range(PROBE_REPEATS):  # the best run: least disturbed by other work
-                start = time.perf_counter()
-                engine.run_epoch()
-                seconds = min(seconds, time.perf_counter() - start)
+            for steps in (count, 2 * count):
+                engine.prepare(X[: steps * batch_size], y[: steps * batch_size], batch_size)
+                if steps == count:
+                    engine.run_epoch()
+                best[steps] = float("inf")
+                for _ in range(PROBE_REPEATS):  # the best run: least disturbed by other work
+                    start = time.perf_counter()
+                    engine.run_epoch()
+                    best[steps] = min(best[steps], time.perf_counter() - start)
         finally:
             restore_snapshot(snapshot, self.model, self.optimizer)
-        return seconds / count
+        return max(best[2 * count] - best[count], 0.0) / count
 
     def _decide(self, seconds: float) -> None:
         """After a complete epoch of ``seconds`` on the current engine (written back)."""
@@ -214,12 +277,12 @@ class AutoCpuEngine(Engine):
                 f"{self.current.name}: an epoch took {autograd:.3f} s on autograd, "
                 f"{fused:.3f} s fused"
             )
+            self._record()
 
     def _warm_up(self, engine, kernel_set: str) -> float | None:
         """One epoch of ``engine`` on the first rows (loading its kernels), whose steps
         are then undone; its seconds, or None when the kernels had to be compiled (the
         time then says nothing about a load)."""
-        from gpunet.backend import jit_cache  # noqa: PLC0415
         from gpunet.train.snapshot import restore_snapshot, take_snapshot  # noqa: PLC0415
 
         was_compiled = jit_cache.is_ready(kernel_set)
