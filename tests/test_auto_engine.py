@@ -184,3 +184,25 @@ def test_a_measured_choice_is_kept_for_later_fits_of_the_same_kind(load_seconds,
     trainer, X, y = make_fit("auto")
     trainer.fit(X, y, epochs=3, batch_size=5, seed=2)
     assert len(store) == 2
+
+
+def test_a_first_epoch_slower_than_the_other_engines_probe_tries_that_engine(
+    load_seconds, monkeypatch
+):
+    """The probe picked autograd, but its first epoch ran slower per step than the fused
+    probe: epoch 2 runs fused, and the faster epoch decides (same weights throughout)."""
+    monkeypatch.setattr(auto, "PROBE_ROWS", 2)
+    monkeypatch.setattr(auto, "PROBE_SHARE_OF_EPOCH", 2)
+    fake = {"autograd": 1e-7, "fused": 2e-7}  # no real step is this fast
+    monkeypatch.setattr(auto.AutoCpuEngine, "_time_steps", lambda self, e, n: fake[e.name])
+    load_seconds.update(autograd=None, fused=0.0)
+    trainer, X, y = make_fit("auto", optimizer="adam")
+    trainer.fit(X, y, epochs=4, batch_size=4, seed=6)
+    engine = trainer.last_engine
+    assert engine.step_seconds == fake
+    assert set(engine.epoch_seconds) == {"autograd", "fused"}
+    assert "an epoch took" in engine.decision
+    reference, X, y = make_fit("autograd", optimizer="adam")
+    reference.fit(X, y, epochs=4, batch_size=4, seed=6)
+    for got, want in zip(weights(trainer), weights(reference)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)

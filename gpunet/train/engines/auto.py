@@ -15,7 +15,9 @@ a compile (minutes) before their first step. So :class:`AutoCpuEngine` measures,
    (:func:`gpunet.backend.jit_cache.use`, which then starts compiling them in the
    background for later fits), the fit runs on autograd.
 3. Otherwise the fused kernels are loaded and timed the same way, and the faster engine
-   runs the fit.
+   runs the fit. A step's cost can change as training goes on (the first steps misled
+   the probe at batch 32 on the 2-core VM), so a first epoch slower per step than the
+   other engine's probe gives the other engine an epoch, and the faster epoch decides.
 
 Where an epoch has few steps (large batches), timing a few steps would cost a large part
 of an epoch, so the epochs themselves are the measurement: epoch 1 on autograd, epoch 2
@@ -75,6 +77,7 @@ class AutoCpuEngine(Engine):
         self.epoch_seconds: dict[str, float] = {}  # engine name -> its timed epoch
         self.step_seconds: dict[str, float] = {}  # engine name -> its timed step
         self.decision = None  # why the current engine, once decided
+        self._steps = None  # steps per epoch, where steps were probed
         self._stage = "first"
         self.epochs_done = 0
         self._data = None
@@ -210,9 +213,10 @@ class AutoCpuEngine(Engine):
                 jit_cache.record_load_seconds(self.kernel_set, seconds)
 
     def _choose_by_steps(self, probe_steps: int, steps: int) -> None:
-        """Time ``probe_steps`` steps of each engine at the fit's batch size and keep the
-        faster for the whole fit (the stage is then decided)."""
+        """Time ``probe_steps`` steps of each engine at the fit's batch size and start on
+        the faster; its first epoch checks the choice (stage "probed")."""
         self._stage = "decided"
+        self._steps = steps
         per_step = {"autograd": self._time_steps(self.autograd, probe_steps)}
         why_not = self._fused_pays(per_step["autograd"] * steps * (self.planned_epochs or 1))
         if why_not is not None:
@@ -227,7 +231,7 @@ class AutoCpuEngine(Engine):
             f"{self.current.name}: a step took {per_step['autograd'] * 1e3:.3g} ms on "
             f"autograd, {per_step['fused'] * 1e3:.3g} ms fused"
         )
-        self._record()
+        self._stage = "probed"
 
     def _time_steps(self, engine, count: int) -> float:
         """Seconds per step of ``engine`` at the fit's batch size: the difference between
@@ -268,11 +272,22 @@ class AutoCpuEngine(Engine):
                 self.fused.prepare(*self._data)
                 self.current = self.fused
                 self._stage = "fused trial"
-        elif self._stage == "fused trial":
+        elif self._stage == "probed":
+            # a few steps at the start can mislead (a step's cost may change as training
+            # goes on): an epoch slower per step than the other engine's probe tries that
+            # engine for an epoch
+            self._stage = "decided"
+            other = self.autograd if self.current is self.fused else self.fused
+            left = (self.planned_epochs or 1) - self.epochs_done
+            if left >= 1 and seconds / self._steps > self.step_seconds[other.name]:
+                self.current = other
+                self._stage = "trial"
+            else:
+                self._record()
+        elif self._stage in ("fused trial", "trial"):
             self._stage = "decided"
             fused, autograd = self.epoch_seconds["fused"], self.epoch_seconds["autograd"]
-            if fused > autograd:
-                self.current = self.autograd
+            self.current = self.autograd if fused > autograd else self.fused
             self.decision = (
                 f"{self.current.name}: an epoch took {autograd:.3f} s on autograd, "
                 f"{fused:.3f} s fused"
