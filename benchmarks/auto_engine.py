@@ -105,7 +105,10 @@ def cold_start(out_lines: list[str]) -> None:
             if time.perf_counter() - started > 1800:
                 raise RuntimeError("the background compile did not finish in 30 minutes")
             time.sleep(2)
-        while subprocess.run(["pgrep", "-f", "gpunet.train.warmup"]).returncode == 0:
+        while (
+            subprocess.run(["pgrep", "-f", "gpunet.train.warmup"], capture_output=True).returncode
+            == 0
+        ):
             time.sleep(2)
         compiled = time.perf_counter() - started
         warm = [timed(argv, env)[0] for _ in range(3)]

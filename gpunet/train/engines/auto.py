@@ -42,7 +42,7 @@ from gpunet.train.engines.base import Engine
 
 #: the fused kernels are tried only if saving this share of the rest of the fit would
 #: repay their load time
-PAYBACK_SHARE = 0.1
+PAYBACK_SHARE = 0.05
 #: rows of the warm-up steps that load an engine's kernels
 WARMUP_ROWS = 64
 #: timed steps cover at least this many rows (and two steps)...
