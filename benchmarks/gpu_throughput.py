@@ -26,18 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.train_throughput import make_data  # noqa: E402
+from gpunet.bench.timing import seconds_of  # noqa: E402
 
 WIDTHS = (784, 512, 512, 10)
 BATCHES = (1, 8, 32, 128, 256, 1024, 4096)
-
-
-def _events_seconds(cupy, fn) -> float:
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return cupy.cuda.get_elapsed_time(start, end) / 1e3
 
 
 def gpunet_runner(X, y, batch, opt_name, route):
@@ -118,13 +110,13 @@ def matmul_seconds(cupy, batch, repeats=20) -> float:
             dz @ W
 
     products()
-    return statistics.median(_events_seconds(cupy, products) for _ in range(repeats))
+    return statistics.median(seconds_of(products, "cuda") for _ in range(repeats))
 
 
 def measure(cupy, fn, n, repeats) -> dict:
     fn()  # warm-up: compiles, captures graphs, autotunes
     cupy.cuda.Device().synchronize()
-    times = [_events_seconds(cupy, fn) for _ in range(repeats)]
+    times = [seconds_of(fn, "cuda") for _ in range(repeats)]
     med = statistics.median(times)
     return {"samples_per_s": n / med, "min_s": min(times), "max_s": max(times), "median_s": med}
 

@@ -479,10 +479,8 @@ def cmd_info(args) -> int:
 def cmd_compile(args) -> int:
     """Compile the autograd kernels and the fused epoch for each dtype now (a no-op for
     what is cached), and time a fresh process loading each fused set."""
-    import subprocess  # noqa: PLC0415
-
     from gpunet.backend import jit_cache  # noqa: PLC0415
-    from gpunet.train.warmup import compile_now  # noqa: PLC0415
+    from gpunet.train.warmup import compile_now, time_load_in_fresh_process  # noqa: PLC0415
 
     for name in ["ops", *(jit_cache.epoch_set(d) for d in args.dtype)]:
         if jit_cache.is_cached(name):
@@ -490,9 +488,7 @@ def cmd_compile(args) -> int:
         else:
             compile_now(name)
         if name != "ops" and jit_cache.recorded_load_seconds(name) is None:
-            subprocess.run(
-                [sys.executable, "-m", "gpunet.train.warmup", "--time-load", name], check=False
-            )
+            time_load_in_fresh_process(name)
     return 0
 
 

@@ -122,6 +122,11 @@ def time_load(name: str) -> float:
     return seconds
 
 
+def time_load_in_fresh_process(name: str) -> None:
+    """Run :func:`time_load` for set ``name`` in a new interpreter (a load, not a reuse)."""
+    subprocess.run([sys.executable, "-m", "gpunet.train.warmup", "--time-load", name], check=False)
+
+
 def main(argv=None) -> int:
     """``python -m gpunet.train.warmup [--background] [SET ...]``: compile the sets (all
     by default) that are not cached, then time a fresh process loading each fused-epoch
@@ -148,10 +153,7 @@ def main(argv=None) -> int:
                 seconds = compile_now(name, quiet=True)
                 print(f"{time.strftime('%F %T')} compiled {name} in {seconds:.1f} s", flush=True)
                 if name != "ops":  # what loading it costs a later process
-                    subprocess.run(
-                        [sys.executable, "-m", "gpunet.train.warmup", "--time-load", name],
-                        check=False,
-                    )
+                    time_load_in_fresh_process(name)
     finally:
         if lock is not None:
             lock.close()

@@ -34,6 +34,7 @@ names its engine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -238,12 +239,9 @@ class AutoCpuEngine(Engine):
         runs of ``2 * count`` and ``count`` steps (so what a run costs once, such as
         starting a worker thread, cancels), each the best of ``PROBE_REPEATS``, after a
         first run; all undone afterwards."""
-        from gpunet.train.snapshot import restore_snapshot, take_snapshot  # noqa: PLC0415
-
         X, y, batch_size = self._data
-        snapshot = take_snapshot(self.model, self.optimizer)
         best = {}
-        try:
+        with self._undone():
             for steps in (count, 2 * count):
                 engine.prepare(X[: steps * batch_size], y[: steps * batch_size], batch_size)
                 if steps == count:
@@ -253,8 +251,6 @@ class AutoCpuEngine(Engine):
                     start = time.perf_counter()
                     engine.run_epoch()
                     best[steps] = min(best[steps], time.perf_counter() - start)
-        finally:
-            restore_snapshot(snapshot, self.model, self.optimizer)
         return max(best[2 * count] - best[count], 0.0) / count
 
     def _decide(self, seconds: float) -> None:
@@ -298,17 +294,23 @@ class AutoCpuEngine(Engine):
         """One epoch of ``engine`` on the first rows (loading its kernels), whose steps
         are then undone; its seconds, or None when the kernels had to be compiled (the
         time then says nothing about a load)."""
-        from gpunet.train.snapshot import restore_snapshot, take_snapshot  # noqa: PLC0415
-
         was_compiled = jit_cache.is_ready(kernel_set)
         X, y, batch_size = self._data
         rows = min(len(X), WARMUP_ROWS)
-        snapshot = take_snapshot(self.model, self.optimizer)
         start = time.perf_counter()
-        try:
+        with self._undone():
             engine.prepare(X[:rows], y[:rows], min(batch_size, rows))
             engine.run_epoch()
-        finally:
             seconds = time.perf_counter() - start
-            restore_snapshot(snapshot, self.model, self.optimizer)
         return seconds if was_compiled else None
+
+    @contextlib.contextmanager
+    def _undone(self):
+        """Within: steps that are measured, not kept (model and optimizer restored)."""
+        from gpunet.train.snapshot import restore_snapshot, take_snapshot  # noqa: PLC0415
+
+        snapshot = take_snapshot(self.model, self.optimizer)
+        try:
+            yield
+        finally:
+            restore_snapshot(snapshot, self.model, self.optimizer)
