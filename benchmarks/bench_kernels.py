@@ -335,21 +335,20 @@ def test_gather_batch(benchmark, n, impl):
     _run(benchmark, next_batch)
 
 
-# ------------------------------------------------------------- two-thread steps
-@pytest.mark.parametrize("threads", ["two", "one"])
+# ------------------------------------------------------------- multi-thread steps
+@pytest.mark.parametrize("threads", ["all", "one"])
 @pytest.mark.parametrize("n", [32, 128, 512, 4096])
-def test_two_thread_epoch(benchmark, n, threads, monkeypatch):
+def test_multi_thread_epoch(benchmark, n, threads, monkeypatch):
     """A shuffled fused epoch of ``n``-row batches (8 of them, at least 4096 rows;
-    784-512-512-10 ReLU, SGD with momentum): steps on two threads of gpunet's own with
-    one-thread BLAS (32 and 128 rows: model-parallel, half of every layer's columns
-    each; 512 and 4096: data-parallel, half of the rows each) against the same kernels
-    on the calling thread with two-thread BLAS. Needs both cores: run it without
-    ``OMP_NUM_THREADS=1``."""
+    784-512-512-10 ReLU, SGD with momentum): steps on ``gpunet.get_num_threads()``
+    threads of gpunet's own with one-thread BLAS, routed by this machine's route table,
+    against the same kernels on the calling thread with BLAS's own threads. Run it
+    without ``OMP_NUM_THREADS=1``."""
     from gpunet import nn, optim  # noqa: PLC0415
     from gpunet.train import Trainer  # noqa: PLC0415
     from gpunet.train.engines import FusedCpuEngine  # noqa: PLC0415
 
-    monkeypatch.setattr(FusedCpuEngine, "two_threads", threads == "two")
+    monkeypatch.setattr(FusedCpuEngine, "threads", None if threads == "all" else 1)
     batches = max(8, 4096 // n)
     benchmark.group = f"fused epoch, {batches} batches of {n}"
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@
 #   1. pytest -m gpu: kernels at real sizes, GPU engine vs CPU engine, graph replay vs
 #      eager, the out-of-memory message (tests/test_gpu.py, tests/test_optim.py)
 #   2. the GPU throughput benchmark against PyTorch (benchmarks/gpu_throughput.py)
-#   3. the CPU benchmark on this machine's cores against PyTorch with as many threads
+#   3. the CPU benchmark, gpunet and PyTorch on as many threads as this machine has cores
 #   4. gpunet bench --quick on the GPU alone (its CUDA path: events, device copies, the
 #      GPU peers, the copy-bandwidth ceiling), JSON/Markdown/PNG under $OUT
 # Results go under $OUT when set, else benchmarks/results/. Without a GPU, step 1 skips,
@@ -37,9 +37,9 @@ echo "==> 2. GPU throughput vs PyTorch"
 if [[ -n "${QUICK:-}" ]]; then gpu_args=(--samples 2048 --stochastic-samples 256 --repeats 3 --batches 1 32 1024); else gpu_args=(); fi
 timeout 240 python benchmarks/gpu_throughput.py --out "${out}/gpu-${device}-${stamp}-throughput" "${gpu_args[@]}" || status=1
 
-echo "==> 3. CPU engine on ${cores} cores vs PyTorch with ${cores} threads"
+echo "==> 3. CPU engine vs PyTorch, both on ${cores} threads"
 if [[ -n "${QUICK:-}" ]]; then cpu_args=(--quick); else cpu_args=(--batch-sizes 1 32 512 4096); fi
-timeout 150 python benchmarks/train_throughput.py --torch-threads "${cores}" \
+timeout 150 python benchmarks/train_throughput.py --threads "${cores}" \
     --out "${out}/cpu-${cores}core-${device}-${stamp}" "${cpu_args[@]}" || status=1
 
 echo "==> 4. gpunet bench --quick on the GPU"

@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """Training throughput on the CPU: gpunet vs PyTorch vs plain NumPy (vs scikit-learn).
 
-    python benchmarks/train_throughput.py            # the full benchmark (~10-20 min)
-    python benchmarks/train_throughput.py --quick    # smoke test (about a minute)
+    python benchmarks/train_throughput.py              # the full benchmark (~10-20 min)
+    python benchmarks/train_throughput.py --quick      # smoke test (about a minute)
+    python benchmarks/train_throughput.py --threads 1 2 4   # each row at 1, 2, 4 threads
 
 Measures samples/s of one training epoch of the 784-512-512-10 ReLU network with softmax
 cross-entropy on MNIST-shaped float32 data, for each optimizer (SGD with momentum, Adam),
-batch size and framework, all in the same run (each framework in its own process,
-taking turns: ``benchmarks/isolated.py``; ``--same-process`` to share one); plus gpunet with
-``flush_denormals=False`` vs ``True`` at small batch sizes. Reports GFLOP/s against an
-sgemm (``np.matmul``) rate measured in the same run, and writes ``<out>.json`` and
-``<out>.md``. See benchmarks/README.md for how to read the table.
+batch size, thread count (``--threads``: ``gpunet.set_num_threads``,
+``torch.set_num_threads``, the BLAS of NumPy and scikit-learn) and framework, all in the
+same run (each framework in its own process, taking turns: ``benchmarks/isolated.py``;
+``--same-process`` to share one); plus gpunet with ``flush_denormals=False`` vs ``True`` at
+small batch sizes. Reports GFLOP/s against an sgemm (``np.matmul``) rate measured in the
+same run, and writes ``<out>.json`` and ``<out>.md``. See benchmarks/README.md for how to
+read the table.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` as a package
-from benchmarks import core_latency, isolated, peers  # noqa: E402
+import gpunet  # noqa: E402
+from benchmarks import isolated, peers  # noqa: E402
 from gpunet.bench.ceilings import matmul_rate, median_seconds, sgemm_operands  # noqa: E402, F401
+from gpunet.bench.cli import positive_int  # noqa: E402
 from gpunet.bench.machine import cpu_name, machine_info, subnormals_work  # noqa: E402, F401
 from gpunet.bench.throughput import MIN_STEPS, choose_slice, time_train  # noqa: E402, F401
 from gpunet.bench.workloads import flops_per_sample, make_data  # noqa: E402, F401
@@ -57,8 +62,9 @@ def summarize(times, n_samples: int) -> dict:
     }
 
 
-def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eval):
-    """Set up, warm up and time every peer for one (optimizer, batch size)."""
+def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eval, threads):
+    """Set up, warm up and time every peer (all on ``threads`` threads) for one
+    (optimizer, batch size)."""
     for peer in row_peers:
         peer.setup(optimizer, np.float32)
     n_slice = choose_slice(row_peers, X, y, batch_size, args.target_seconds)
@@ -70,14 +76,12 @@ def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eva
     # this kind of shared VM (its 2-thread BLAS rate can halve for minutes) then hits
     # every framework alike instead of whichever happened to run in it. The pause: the
     # previous peer's idle worker threads (PyTorch's OpenMP pool spin-waits after each op
-    # by default, OpenBLAS's for up to ~0.4 s) go to sleep before the next peer runs;
+    # by default, OpenBLAS's for a moment) go to sleep before the next peer runs;
     # back to back on 2 cores they stole the cores of its BLAS threads (up to 4x slower).
     # The sgemm takes a turn of its own in each round, so each row's GFLOP/s can also be
-    # read against the BLAS rate of the minutes the row ran in; so does a round trip
-    # between the two CPUs, which tells whether the host had the VM's two vCPUs on one
-    # die (core_latency.py: two-thread steps slow by up to a third when not).
+    # read against the BLAS rate of the minutes the row ran in.
     times = {peer.key: [] for peer in row_peers}
-    row_sgemm, row_sgemm_small, round_trips = [], [], []
+    row_sgemm, row_sgemm_small = [], []
     for _ in range(args.repeats):
         for peer in row_peers:
             time.sleep(PAUSE_BETWEEN_PEERS_S)
@@ -86,7 +90,6 @@ def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eva
         row_sgemm.append(matmul_rate(args.widths, ROW_SGEMM_REPEATS)["peak"])
         small = matmul_rate(args.widths, SMALL_SGEMM_REPEATS, m=SMALL_SGEMM_ROWS)
         row_sgemm_small.append(small["peak"])
-        round_trips.append(core_latency.round_trip_ns())
     row_sgemm_median = statistics.median(row_sgemm)
     results = []
     for peer in row_peers:
@@ -96,6 +99,7 @@ def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eva
             label=peer.label,
             optimizer=optimizer,
             batch_size=batch_size,
+            threads=threads,
             full_batch=batch_size >= len(y),
             slice_samples=n_slice,
             steps=-(-n_slice // batch_size),
@@ -105,13 +109,12 @@ def bench_row(row_peers, optimizer, X, y, batch_size, args, flops, X_eval, y_eva
             pct_row_sgemm=100 * r["samples_per_s"] * flops / 1e9 / row_sgemm_median,
             row_sgemm_small_gflops=statistics.median(row_sgemm_small),
             row_sgemm_small_rounds=row_sgemm_small,
-            core_round_trip_ns_rounds=round_trips,
             loss_after=peer.loss(X_eval, y_eval),
             **peer.info(),
         )
         results.append(r)
         print(
-            f"  {optimizer:4s} batch {batch_label(r):>12s}  {peer.label:31s}"
+            f"  {optimizer:4s} batch {batch_label(r):>12s} {threads:3d} threads  {peer.label:31s}"
             f"{r['samples_per_s']:12,.0f} samples/s  ({n_slice} samples x {args.repeats})",
             file=sys.stderr,
             flush=True,
@@ -131,12 +134,6 @@ def fmt_load(load) -> str:
     return "n/a" if load is None else " ".join(f"{v:.2f}" for v in load)
 
 
-def fmt_round_trips(r) -> str:
-    """The row's CPU round trips, one per round (``core_latency.round_trip_ns``)."""
-    rounds = [v for v in r.get("core_round_trip_ns_rounds", []) if v is not None]
-    return " / ".join(f"{v:.0f}" for v in rounds) if rounds else "—"
-
-
 def fmt_rate(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
@@ -146,7 +143,7 @@ def markdown(report: dict) -> str:
     meta, rows = report["meta"], report["results"]
     main = [r for r in rows if r["framework"] != "gpunet-noflush"]
     labels = list(dict.fromkeys(r["label"] for r in main))
-    keys = list(dict.fromkeys((r["optimizer"], r["batch_size"]) for r in main))
+    keys = list(dict.fromkeys((r["optimizer"], r["batch_size"], r["threads"]) for r in main))
     fl = meta["flops_per_sample"]
     out = [
         f"# Training throughput, CPU — {meta['machine']['cpu']} "
@@ -175,16 +172,18 @@ def markdown(report: dict) -> str:
         "",
         "## Summary (samples/s, median)",
         "",
-        "| optimizer | batch | slice | " + " | ".join(labels) + " | gpunet / PyTorch |",
-        "|---|---|---|" + "---|" * len(labels) + "---|",
+        "| optimizer | batch | threads | slice | " + " | ".join(labels) + " | gpunet / PyTorch |",
+        "|---|---|---|---|" + "---|" * len(labels) + "---|",
     ]
-    for opt, bs in keys:
-        group = {r["label"]: r for r in main if (r["optimizer"], r["batch_size"]) == (opt, bs)}
+    for key in keys:
+        group = {
+            r["label"]: r for r in main if (r["optimizer"], r["batch_size"], r["threads"]) == key
+        }
         first = next(iter(group.values()))
         cells = [fmt_rate(group[k]["samples_per_s"]) if k in group else "—" for k in labels]
         ratio = group.get("gpunet", {}).get("ratio_vs_torch")
         out.append(
-            f"| {opt} | {batch_label(first)} | {first['slice_samples']:,} | "
+            f"| {key[0]} | {batch_label(first)} | {key[2]} | {first['slice_samples']:,} | "
             + " | ".join(cells)
             + f" | {f'{ratio:.2f}x' if ratio else '—'} |"
         )
@@ -192,20 +191,20 @@ def markdown(report: dict) -> str:
         "",
         "## Details",
         "",
-        "| optimizer | batch | framework | samples/s median [min–max] | GFLOP/s | "
+        "| optimizer | batch | threads | framework | samples/s median [min–max] | GFLOP/s | "
         "% of matmul peak | row sgemm (% of it) | row sgemm, "
-        f"{SMALL_SGEMM_ROWS} rows | CPU round trip, ns, per round | ÷ PyTorch | s/repeat "
-        "| loss after |",
+        f"{SMALL_SGEMM_ROWS} rows | ÷ PyTorch | s/repeat | loss after |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = r["label"] + (f" [{r['engine']}]" if r.get("engine") else "")
         ratio = f"{r['ratio_vs_torch']:.2f}x" if r["ratio_vs_torch"] else "—"
         out.append(
-            f"| {r['optimizer']} | {batch_label(r)} | {name} | {fmt_rate(r['samples_per_s'])} "
+            f"| {r['optimizer']} | {batch_label(r)} | {r['threads']} | {name} | "
+            f"{fmt_rate(r['samples_per_s'])} "
             f"[{fmt_rate(r['min'])}–{fmt_rate(r['max'])}] | {r['gflops']:.1f} | "
             f"{r['pct_peak']:.1f}% | {r['row_sgemm_gflops']:.0f} ({r['pct_row_sgemm']:.1f}%) | "
-            f"{r['row_sgemm_small_gflops']:.0f} | {fmt_round_trips(r)} | {ratio} | "
+            f"{r['row_sgemm_small_gflops']:.0f} | {ratio} | "
             f"{statistics.median(r['seconds']):.2f} | {r['loss_after']:.4f} |"
         )
     denormal = [r for r in rows if r["framework"] == "gpunet-noflush"]
@@ -214,8 +213,9 @@ def markdown(report: dict) -> str:
             "",
             "## Denormal flushing (gpunet)",
             "",
-            "| optimizer | batch | flush_denormals=True | flush_denormals=False | True / False |",
-            "|---|---|---|---|---|",
+            "| optimizer | batch | threads | flush_denormals=True | flush_denormals=False "
+            "| True / False |",
+            "|---|---|---|---|---|---|",
         ]
         for r in denormal:
             on = next(
@@ -223,13 +223,14 @@ def markdown(report: dict) -> str:
                     q
                     for q in rows
                     if q["framework"] == "gpunet"
-                    and (q["optimizer"], q["batch_size"]) == (r["optimizer"], r["batch_size"])
+                    and (q["optimizer"], q["batch_size"], q["threads"])
+                    == (r["optimizer"], r["batch_size"], r["threads"])
                 ),
                 None,
             )
             if on:
                 out.append(
-                    f"| {r['optimizer']} | {batch_label(r)} | "
+                    f"| {r['optimizer']} | {batch_label(r)} | {r['threads']} | "
                     f"{fmt_rate(on['samples_per_s'])} | {fmt_rate(r['samples_per_s'])} | "
                     f"{on['samples_per_s'] / r['samples_per_s']:.2f}x |"
                 )
@@ -248,7 +249,8 @@ def markdown(report: dict) -> str:
         f"- host {m['hostname']}, {m['platform']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
         f"- BLAS / OpenMP: {blas or m['blas']}",
-        f"- threads: {meta['threads']}",
+        "- threads, per --threads value: "
+        + "; ".join(f"{t}: {counts}" for t, counts in meta["threads"].items()),
         f"- load average (1, 5, 15 min) at start {fmt_load(m['loadavg_start'])}, "
         f"at end {fmt_load(m.get('loadavg_end'))}",
         f"- subnormal floats still work on the main thread after the run: "
@@ -261,8 +263,8 @@ def markdown(report: dict) -> str:
 
 # ------------------------------------------------------------------------------- CLI
 def add_workload_arguments(p, target_seconds: float) -> None:
-    """The options the CPU throughput scripts share: optimizers, the timed slice's
-    length, the data's size, the network, PyTorch's threads."""
+    """The workload's options: optimizers, the timed slice's length, the data's size, the
+    network, the thread counts."""
     p.add_argument(
         "--optimizers", nargs="+", default=list(peers.OPTIMIZERS), choices=list(peers.OPTIMIZERS)
     )
@@ -274,7 +276,17 @@ def add_workload_arguments(p, target_seconds: float) -> None:
     )
     p.add_argument("--samples", type=int, default=60000)
     p.add_argument("--widths", nargs="+", type=int, default=list(DEFAULT_WIDTHS))
-    p.add_argument("--torch-threads", type=int, default=2)
+    p.add_argument(
+        "--threads",
+        "--torch-threads",
+        dest="threads",
+        nargs="+",
+        type=positive_int,
+        default=None,
+        help="thread counts T: every row runs at each, gpunet with gpunet.set_num_threads(T), "
+        "PyTorch with torch.set_num_threads(T), NumPy and scikit-learn with their BLAS on T "
+        "threads [gpunet.get_num_threads()]",
+    )
 
 
 def parse_args(argv=None):
@@ -324,6 +336,8 @@ def parse_args(argv=None):
         help="smoke test: 512 samples, batch 1, 32, full, 2 repeats, short slices",
     )
     args = p.parse_args(argv)
+    if args.threads is None:
+        args.threads = [gpunet.get_num_threads()]
     if args.quick:
         args.samples, args.batch_sizes, args.repeats = 512, ["1", "32", "full"], 2
         args.target_seconds, args.matmul_repeats, args.denormal_batch_sizes = 0.05, 3, [1]
@@ -368,57 +382,80 @@ def main(argv=None) -> dict:
     if shared:
         X, y = shared.arrays["X"], shared.arrays["y"]
 
-    def make_peer(key, **kwargs):
-        if shared:
-            return isolated.IsolatedPeer(key, widths, shared, **kwargs)
-        return peers.PEERS[key](widths, seed=0, **kwargs)
-
-    peer_list, noflush = [], None
-    try:  # workers and shared memory are released however the run ends
-        for key in args.frameworks:
-            reason = peers.PEERS[key].unavailable()
-            if reason:
-                meta["skipped"].append(f"{key}: {reason}")
-                continue
-            kwargs = {"threads": args.torch_threads} if key == "torch" else {}
-            peer_list.append(make_peer(key, **kwargs))
-        if "gpunet" in args.frameworks:
-            noflush = make_peer("gpunet", flush_denormals=False)
-        return _run(args, meta, peer_list, noflush, X, y, X_eval, y_eval, started)
+    try:  # shared memory is released however the run ends
+        return _run(args, meta, shared, X, y, X_eval, y_eval, started)
     finally:
-        for q in [*peer_list, noflush]:
-            if q is not None and hasattr(q, "close"):
-                q.close()
         if shared:
             shared.close()
 
 
-def _run(args, meta, peer_list, noflush, X, y, X_eval, y_eval, started) -> dict:
+def make_peers(args, meta, shared, threads) -> tuple[list, object]:
+    """The frameworks' peers on ``threads`` threads (each in its own process unless
+    ``--same-process``), and gpunet with ``flush_denormals=False`` (None without gpunet);
+    a framework that cannot run here is noted in ``meta["skipped"]`` once."""
+
+    def make_peer(key, **kwargs):
+        if shared:
+            return isolated.IsolatedPeer(key, args.widths, shared, threads=threads, **kwargs)
+        return peers.PEERS[key](args.widths, seed=0, threads=threads, **kwargs)
+
+    peer_list, noflush = [], None
+    try:
+        for key in args.frameworks:
+            reason = peers.PEERS[key].unavailable()
+            if reason:
+                note = f"{key}: {reason}"
+                if note not in meta["skipped"]:
+                    meta["skipped"].append(note)
+                continue
+            peer_list.append(make_peer(key))
+        if "gpunet" in args.frameworks:
+            noflush = make_peer("gpunet", flush_denormals=False)
+    except BaseException:
+        close_peers([*peer_list, noflush])
+        raise
+    return peer_list, noflush
+
+
+def close_peers(peer_list) -> None:
+    for q in peer_list:
+        if q is not None and hasattr(q, "close"):
+            q.close()
+
+
+def _run(args, meta, shared, X, y, X_eval, y_eval, started) -> dict:
     widths = args.widths
     fl = meta["flops_per_sample"]
     meta["matmul"] = {**matmul_rate(widths, args.matmul_repeats), "repeats": args.matmul_repeats}
     print(f"sgemm: {meta['matmul']['peak']:.1f} GFLOP/s", file=sys.stderr)
 
-    rows = []
-    for opt in args.optimizers:
-        for b in args.batch_sizes:
-            bs = args.samples if b == "full" else min(int(b), args.samples)
-            row_peers = [q for q in peer_list if q.supports(bs, args.samples)]
-            if noflush and opt == "sgd" and bs in args.denormal_batch_sizes:
-                row_peers.append(noflush)
-            rows += bench_row(row_peers, opt, X, y, bs, args, fl["total"], X_eval, y_eval)
+    rows, meta["threads"] = [], {}
+    for threads in args.threads:
+        peer_list, noflush = make_peers(args, meta, shared, threads)
+        try:  # this thread count's workers are released however the run ends
+            for opt in args.optimizers:
+                for b in args.batch_sizes:
+                    bs = args.samples if b == "full" else min(int(b), args.samples)
+                    row_peers = [q for q in peer_list if q.supports(bs, args.samples)]
+                    if noflush and opt == "sgd" and bs in args.denormal_batch_sizes:
+                        row_peers.append(noflush)
+                    rows += bench_row(
+                        row_peers, opt, X, y, bs, args, fl["total"], X_eval, y_eval, threads
+                    )
+            meta["threads"][threads] = {
+                k: v
+                for q in [*peer_list, noflush]
+                if q
+                for k, v in q.info().items()
+                if k.endswith("threads")
+            }
+        finally:
+            close_peers([*peer_list, noflush])
 
     meta["matmul_end"] = matmul_rate(widths, args.matmul_repeats)
     meta["peak_gflops"] = max(meta["matmul"]["peak"], meta["matmul_end"]["peak"])
     for r in rows:  # against the better of the start and end measurements
         r["pct_peak"] = 100 * r["gflops"] / meta["peak_gflops"]
-    meta["threads"] = {
-        k: v
-        for q in [*peer_list, noflush]
-        if q
-        for k, v in q.info().items()
-        if k.endswith("threads")
-    }
     meta["machine"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta["subnormals_work_after_run"] = subnormals_work()
     meta["wall_seconds"] = time.perf_counter() - started

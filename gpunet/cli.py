@@ -1,4 +1,5 @@
-"""Command line: ``gpunet train``, ``gpunet compile``, ``gpunet info`` and ``gpunet bench``."""
+"""Command line: ``gpunet train``, ``gpunet compile``, ``gpunet tune``, ``gpunet info`` and
+``gpunet bench``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,17 @@ MODES = ("batch", "stochastic", "minibatch")
 SCHEDULERS = ("none", "step", "multistep", "exponential", "cosine", "linear", "plateau")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 DATASETS = ("digits", "mnist1d", "synthetic-classification", "synthetic-regression")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an int of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fused epoch kernels' dtypes",
     )
     comp.set_defaults(func=cmd_compile)
+
+    tune = sub.add_parser(
+        "tune",
+        help="measure from how many rows the fused CPU engine splits a step across its "
+        "threads, on this machine, and keep the table for later runs",
+    )
+    tune.add_argument("--threads", type=_positive_int, help="default: gpunet.get_num_threads()")
+    tune.add_argument(
+        "--widths", nargs="+", type=_positive_int, help="the benchmark network (784 512 512 10)"
+    )
+    tune.add_argument("--quick", action="store_true", help="4 batch sizes, 1 repeat")
+    tune.add_argument("--dry-run", action="store_true", help="measure, keep nothing")
+    tune.set_defaults(func=cmd_tune)
 
     from gpunet.bench import cli as bench_cli  # noqa: PLC0415  (argparse only, no heavy imports)
 
@@ -489,6 +514,25 @@ def cmd_compile(args) -> int:
             compile_now(name)
         if name != "ops" and jit_cache.recorded_load_seconds(name) is None:
             time_load_in_fresh_process(name)
+    return 0
+
+
+def cmd_tune(args) -> int:
+    """Measure the fused CPU engine's route table (:mod:`gpunet.train.tune`)."""
+    from gpunet.backend import jit_cache  # noqa: PLC0415
+    from gpunet.train import tune  # noqa: PLC0415
+
+    jit_cache.set_compile_mode("foreground")  # time the kernels, not NumPy's fallback
+    if args.widths is not None and len(args.widths) < 2:
+        raise ValueError("--widths needs at least an input and an output width")
+    tune.tune(
+        n_threads=args.threads,
+        widths=tuple(args.widths) if args.widths else tune.DEFAULT_WIDTHS,
+        ladder=tune.QUICK_LADDER if args.quick else tune.LADDER,
+        repeats=1 if args.quick else 3,
+        save=not args.dry_run,
+        log=tune.main_log,
+    )
     return 0
 
 

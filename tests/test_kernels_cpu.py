@@ -202,44 +202,6 @@ def test_epilogues_on_a_column_block(cols, act, dtype):
         )
 
 
-def test_evict_span_keeps_the_data():
-    """Flushing cache lines never changes memory: whole, partial, unaligned and empty
-    spans."""
-    from gpunet.kernels.cpu.evict import evict_span
-
-    rng = np.random.default_rng(5)
-    for dtype in (np.float32, np.float64):
-        a = rng.standard_normal((37, 129)).astype(dtype)
-        before = a.copy()
-        for span in (a.ravel(), a.ravel()[3:70], a[4, 7:8], a.ravel()[:0]):
-            evict_span(span)
-        np.testing.assert_array_equal(a, before)
-
-
-def test_flush_instruction(monkeypatch):
-    """clflushopt only where Numba compiles for this CPU and it has the instruction; a
-    portable target (NUMBA_CPU_NAME) gets x86-64's clflush; no flush off x86."""
-    import platform
-
-    from llvmlite import binding as llvm
-    from numba.core import config
-
-    from gpunet.kernels.cpu import evict
-
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(llvm, "get_host_cpu_features", lambda: {"clflushopt": True})
-    monkeypatch.setattr(config, "CPU_NAME", None)
-    monkeypatch.setattr(config, "CPU_FEATURES", None)
-    assert evict.flush_instruction() == "llvm.x86.clflushopt"
-    monkeypatch.setattr(llvm, "get_host_cpu_features", lambda: {"clflushopt": False})
-    assert evict.flush_instruction() == "llvm.x86.sse2.clflush"
-    monkeypatch.setattr(llvm, "get_host_cpu_features", lambda: {"clflushopt": True})
-    monkeypatch.setattr(config, "CPU_NAME", "generic")
-    assert evict.flush_instruction() == "llvm.x86.sse2.clflush"
-    monkeypatch.setattr(platform, "machine", lambda: "arm64")
-    assert evict.flush_instruction() is None
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_dense_backward_no_dx_and_roundtrip(dtype):
     """need_dx=False gives dx None; saved from the kernel's own forward works (GELU)."""

@@ -10,7 +10,7 @@ kernels both paths share (``kernels/cpu/update_rules.py``, ``blas.py``, ``dense.
 Unshuffled epochs whose last batch is partial: the oracle shows that the partial batch's
 step changes the weights, so an engine that skips or mis-scales it fails. Two
 geometries: steps of 5, 5 and 1 rows (few-row loops, the single-row route of the fused
-epoch) and of 40, 40 and 10 rows (the fused epoch's two-thread model-parallel steps).
+epoch) and of 40, 40 and 10 rows (the fused epoch's model-parallel steps).
 """
 
 from __future__ import annotations

@@ -208,23 +208,46 @@ def _write_json(path: Path, record: dict) -> None:
             tmp.unlink()
 
 
-def load_choices() -> dict:
-    """``engine="auto"``'s measured choices on this machine (``gpunet-auto-choices.json``
-    in the cache directory; keys carry :func:`stamp`), or {}."""
+def load_records(filename: str) -> dict:
+    """The JSON object in ``filename`` of the cache directory (measurements kept on this
+    machine: ``engine="auto"``'s choices, the route tables of ``gpunet tune``), or {}."""
     try:
-        choices = json.loads((cache_dir() / "gpunet-auto-choices.json").read_text())
+        records = json.loads((cache_dir() / filename).read_text())
     except (OSError, ValueError, AttributeError):
         return {}
-    return choices if isinstance(choices, dict) else {}
+    return records if isinstance(records, dict) else {}
+
+
+def save_record(filename: str, key: str, record: dict) -> None:
+    """Add or replace one entry of ``filename`` (atomically; lost updates between
+    processes only cost a measurement)."""
+    records = load_records(filename)
+    records[key] = record
+    with contextlib.suppress(OSError, AttributeError):
+        _write_json(cache_dir() / filename, records)
+
+
+CHOICES_FILE = "gpunet-auto-choices.json"
+
+
+def load_choices() -> dict:
+    """``engine="auto"``'s measured choices on this machine (keys carry :func:`stamp`),
+    or {}."""
+    return load_records(CHOICES_FILE)
 
 
 def save_choice(key: str, record: dict) -> None:
-    """Add or replace one choice (atomically; lost updates between processes only cost
-    a measurement)."""
-    choices = load_choices()
-    choices[key] = record
-    with contextlib.suppress(OSError, AttributeError):
-        _write_json(cache_dir() / "gpunet-auto-choices.json", choices)
+    """Add or replace one ``engine="auto"`` choice."""
+    save_record(CHOICES_FILE, key, record)
+
+
+def machine_key() -> str:
+    """The CPU target Numba compiles for (name and features), hashed: what a measurement
+    of this machine's kernels is keyed by, across kernel versions."""
+    from numba.core.registry import cpu_target  # noqa: PLC0415
+
+    magic = cpu_target.target_context.codegen().magic_tuple()
+    return hashlib.sha256(repr(magic).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------- background

@@ -3,18 +3,7 @@ place of the ``xp`` reference ops (BLAS still does the matmuls)."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-
-# OpenBLAS puts its idle worker threads to sleep after OPENBLAS_THREAD_TIMEOUT (2**n
-# cycles) and every later matmul then waits for a wake-up. Between the matmuls of a
-# training step (the update sweeps of Adam, say) that happened on each call: Adam at
-# batch 8-32 ran 3x slower. 2**30 cycles (~0.4 s of spinning after the last matmul)
-# keeps them awake through a step. It must be set before OpenBLAS loads: it applies to
-# the BLAS that Numba's np.dot loads (SciPy's), which loads after gpunet's import, and
-# a value the user set wins.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "30")
 
 from gpunet.backend.base import Backend
 

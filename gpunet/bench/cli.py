@@ -14,6 +14,17 @@ DESCRIPTION = (
 )
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive int")
+    return n
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``gpunet bench``."""
     size = p.add_mutually_exclusive_group()
@@ -41,6 +52,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
     p.add_argument("--epochs", type=int, default=None, help="time-to-accuracy epoch budget")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads of gpunet (gpunet.set_num_threads) and PyTorch "
+        "(torch.set_num_threads) [gpunet.get_num_threads()]",
+    )
     p.add_argument(
         "--isolate",
         action="store_true",
@@ -76,7 +94,7 @@ def settings_from(args):
     for key in ("optimizers", "peers"):
         if getattr(args, key) is not None:
             overrides[key] = tuple(getattr(args, key))
-    for key in ("repeats", "epochs"):
+    for key in ("repeats", "epochs", "threads"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.skip_throughput:

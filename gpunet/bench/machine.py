@@ -50,8 +50,8 @@ def blas_info():
 
 
 def thread_counts() -> dict:
-    """Threads each library will use: Numba, PyTorch, gpunet (when it has a setting),
-    and the OMP/OpenBLAS/MKL environment variables."""
+    """Threads each library will use: Numba, PyTorch, gpunet (``get_num_threads``),
+    and the GPUNET/OMP/OpenBLAS/MKL/Numba thread variables."""
     counts = {}
     try:
         import numba  # noqa: PLC0415
@@ -67,9 +67,14 @@ def thread_counts() -> dict:
         pass
     import gpunet  # noqa: PLC0415
 
-    get = getattr(gpunet, "get_num_threads", None)
-    counts["gpunet"] = get() if get else "no gpunet.set_num_threads (fixed by the engine)"
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    counts["gpunet"] = gpunet.get_num_threads()
+    for var in (
+        "GPUNET_NUM_THREADS",
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "NUMBA_NUM_THREADS",
+    ):
         if var in os.environ:
             counts[var] = os.environ[var]
     return counts

@@ -162,6 +162,7 @@ class Peer:
 
     key = label = "?"
     device = "cpu"
+    threads: int | None = None
 
     def __init__(self, widths, seed: int = 0):
         self.widths, self.seed = list(widths), seed
@@ -219,6 +220,14 @@ class Peer:
             _append(curve, epoch, total, quiet_evaluate(self, X_val, y_val))
         return curve
 
+    def _limit_threads(self) -> None:
+        """With ``threads`` set (NumPy, scikit-learn), limit the process's BLAS and OpenMP
+        pools to that many threads, before training (peers of one process take turns)."""
+        if self.threads is not None:
+            from gpunet.parallel import blas_controller  # noqa: PLC0415
+
+            blas_controller().limit(limits=self.threads)  # stays in force (no context)
+
     def _order(self, n: int):
         """The next epoch's shuffle: the permutation gpunet's ``fit(seed=epoch)`` uses."""
         self.epoch += 1
@@ -231,9 +240,8 @@ class GpunetPeer(Peer):
     ``engine``: ``"fused"`` (what None, the default, runs, keyed "gpunet"),
     ``"autograd"``, or ``"auto"`` (which times both at the start of every fit, so
     per-epoch rows measure its choice plus that probe); ``device``: where the model and
-    the data live;
-    ``threads``: passed to ``gpunet.set_num_threads`` where gpunet has it (else ignored,
-    and ``info()`` says so)."""
+    the data live; ``threads``: passed to ``gpunet.set_num_threads`` before training
+    (None: gpunet's default, ``gpunet.get_num_threads()``)."""
 
     key, label = "gpunet", "gpunet"
 
@@ -295,9 +303,8 @@ class GpunetPeer(Peer):
         """Apply ``threads`` before training (peers of one process take turns)."""
         import gpunet  # noqa: PLC0415
 
-        setter = getattr(gpunet, "set_num_threads", None)
-        if self.threads is not None and setter is not None:
-            setter(self.threads)
+        if self.threads is not None:
+            gpunet.set_num_threads(self.threads)
 
     def train(self, X, y, batch_size):
         self.epoch += 1
@@ -343,13 +350,12 @@ class GpunetPeer(Peer):
         import gpunet  # noqa: PLC0415
 
         trainer = getattr(self, "trainer", None)
-        has_setting = hasattr(gpunet, "set_num_threads")
         return {
             "engine": trainer and trainer.engine_name,
             "device": self.device,
             "flush_denormals": self.flush_denormals,
             "numba_threads": numba.get_num_threads(),
-            "gpunet_threads": self.threads if has_setting else "no gpunet.set_num_threads",
+            "gpunet_threads": self.threads or gpunet.get_num_threads(),
         }
 
 
@@ -400,17 +406,21 @@ def _clock(device: str) -> float:
 
 class TorchPeer(Peer):
     """PyTorch: the standard ``zero_grad / cross_entropy / backward / step`` loop, on
-    ``device`` ("cpu" with ``threads`` intra-op threads, or "cuda[:N]")."""
+    ``device`` ("cpu" with ``threads`` intra-op threads, default gpunet's
+    ``get_num_threads()``, or "cuda[:N]")."""
 
     key, label = "torch", "PyTorch"
 
-    def __init__(self, widths, seed: int = 0, threads: int = 2, device: str = "cpu"):
+    def __init__(self, widths, seed: int = 0, threads: int | None = None, device: str = "cpu"):
         super().__init__(widths, seed)
         import torch  # noqa: PLC0415
 
+        import gpunet  # noqa: PLC0415
+
         self.device = device
+        self.threads = threads or gpunet.get_num_threads()
         if device == "cpu":
-            torch.set_num_threads(threads)
+            torch.set_num_threads(self.threads)
         self._on_device = DeviceCache(device, lambda A: torch.from_numpy(A).to(device))
 
     @staticmethod
@@ -475,9 +485,14 @@ class TorchPeer(Peer):
 
 
 class NumpyPeer(Peer):
-    """The plain NumPy MLP of this module (``NumpyMLP``)."""
+    """The plain NumPy MLP of this module (``NumpyMLP``); ``threads``: BLAS threads
+    (None: BLAS's default)."""
 
     key, label = "numpy", "NumPy"
+
+    def __init__(self, widths, seed: int = 0, threads: int | None = None):
+        super().__init__(widths, seed)
+        self.threads = threads
 
     def build(self, optimizer_name, dtype):
         self.net = NumpyMLP(
@@ -485,6 +500,7 @@ class NumpyPeer(Peer):
         )
 
     def train(self, X, y, batch_size):
+        self._limit_threads()
         order = self._order(len(y))
         Xs, ys = X[order], y[order]
         for start in range(0, len(ys), batch_size):
@@ -496,9 +512,14 @@ class NumpyPeer(Peer):
 
 class SklearnPeer(Peer):
     """scikit-learn ``MLPClassifier.partial_fit`` (one pass over the data per call, its
-    own shuffling and Glorot init, no L2 penalty). Mini-batch sizes only: 1 < batch < N."""
+    own shuffling and Glorot init, no L2 penalty). Mini-batch sizes only: 1 < batch < N.
+    ``threads``: BLAS and OpenMP threads (None: their defaults)."""
 
     key, label = "sklearn", "scikit-learn"
+
+    def __init__(self, widths, seed: int = 0, threads: int | None = None):
+        super().__init__(widths, seed)
+        self.threads = threads
 
     @staticmethod
     def unavailable():
@@ -532,6 +553,7 @@ class SklearnPeer(Peer):
         )
 
     def train(self, X, y, batch_size):
+        self._limit_threads()
         self.model.set_params(batch_size=batch_size)
         self.model.partial_fit(X, y, classes=np.arange(self.widths[-1]))
 

@@ -62,7 +62,7 @@ class Settings:
     sweep_epochs: int = 10
     max_train: int | None = None  # keep only this many training samples (quick runs)
     targets: dict = field(default_factory=lambda: dict(accuracy.TARGETS))
-    torch_threads: int = 2
+    threads: int | None = None  # gpunet's and PyTorch's CPU threads; None: get_num_threads()
     isolate: bool = False  # CPU throughput: each implementation in its own process
     plots: bool = True
     progress: bool = True
@@ -124,7 +124,9 @@ def peer_specs(settings: Settings, device: str, engines, notes: list) -> list:
     """``[(key, kwargs)]`` of ``peers.PEERS``: gpunet with each engine of ``engines``,
     then every usable peer of ``settings.peers`` for ``device``; a peer that cannot run
     is left out with a line in ``notes``."""
-    specs = [("gpunet", {"engine": e, "device": device}) for e in engines]
+    specs = [
+        ("gpunet", {"engine": e, "device": device, "threads": settings.threads}) for e in engines
+    ]
     for key in settings.peers:
         if key in HOST_ONLY and device != "cpu":
             continue
@@ -136,7 +138,7 @@ def peer_specs(settings: Settings, device: str, engines, notes: list) -> list:
             continue
         kwargs = {}
         if key == "torch":
-            kwargs = {"device": device, "threads": settings.torch_threads}
+            kwargs = {"device": device, "threads": settings.threads}
         specs.append((key, kwargs))
     return specs
 
@@ -252,6 +254,10 @@ def add_time_ratios(group: list) -> None:
 def run(settings: Settings) -> dict:
     """Measure everything ``settings`` asks for; the report dict (``report.SCHEMA``)."""
     started = time.perf_counter()
+    if settings.threads is not None:  # this process's gpunet peers (time to accuracy)
+        import gpunet  # noqa: PLC0415
+
+        gpunet.set_num_threads(settings.threads)
     devices, skipped = usable_devices(settings.devices)
     meta = {
         "schema": report.SCHEMA,
@@ -262,13 +268,6 @@ def run(settings: Settings) -> dict:
         "optimizers": {k: peers.OPTIMIZERS[k] for k in settings.optimizers},
         "notes": [],
     }
-    import gpunet  # noqa: PLC0415
-
-    if not hasattr(gpunet, "set_num_threads"):
-        meta["notes"].append(
-            "gpunet has no set_num_threads: its engines choose their threads "
-            "(one or two per step by batch size), so no thread sweep"
-        )
     meta["gpus"] = {d: machine.gpu_info(d) for d in devices if d.startswith("cuda")}
     n_items = len(throughput_rows(settings, devices))
     n_items += len(devices) * len(settings.datasets) * len(settings.regimes)

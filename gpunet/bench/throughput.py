@@ -19,7 +19,7 @@ from gpunet.bench.timing import seconds_of, spread
 
 MIN_STEPS = 5  # a timed slice has at least this many optimizer steps (when the data allows)
 # between turns: the previous peer's idle pool threads go to sleep (OpenBLAS's spin for
-# up to ~0.4 s; PyTorch ran 4x slower right after a gpunet epoch on the 2-core VM)
+# a moment; PyTorch ran 4x slower right after a gpunet epoch on the 2-core VM)
 PAUSE_S = 0.5
 REFERENCE = "gpunet-fused"  # the gpunet row every ratio is taken from
 

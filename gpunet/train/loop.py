@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from gpunet.autograd import Tensor, no_grad
 from gpunet.losses import get_loss
+from gpunet.parallel import get_num_threads
 from gpunet.random import draw_seed, epoch_permutation
 from gpunet.regularizers import penalty
 from gpunet.train import validation as check
@@ -268,6 +269,7 @@ class Trainer:
             check_config = getattr(cb, "check_config", None)
             if check_config is not None:
                 check_config(self.log_keys)
+        get_num_threads()  # reads GPUNET_NUM_THREADS once, limiting BLAS to it
         engine = self.last_engine = self._select_engine()
         history = History()
         first_epoch = 0

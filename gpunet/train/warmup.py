@@ -85,11 +85,21 @@ def _warm_ops() -> None:
 
 
 def _warm_epoch(dtype) -> None:
-    from gpunet.kernels.cpu import blas  # noqa: PLC0415
+    from gpunet.train.engines.fused_cpu import FusedCpuEngine  # noqa: PLC0415
+    from gpunet.train.engines.routes import forced_routes  # noqa: PLC0415
 
-    # one-thread, model-parallel and data-parallel steps, and a full batch
-    rows = max(blas.DATA_PARALLEL_MIN_ROWS, blas.MODEL_PARALLEL_MIN_ROWS) + 8
-    _tiny_fits("fused", (dtype,), (1, blas.MODEL_PARALLEL_MIN_ROWS, rows), n=rows)
+    # one-thread steps (batch 1 and 8: the skinny loops), then model-parallel and
+    # data-parallel steps on two threads, whatever this machine's route table says
+    _tiny_fits("fused", (dtype,), (1, 8), n=16)
+    saved = FusedCpuEngine.threads
+    FusedCpuEngine.threads = 2
+    try:
+        with forced_routes(1, 1 << 62):
+            _tiny_fits("fused", (dtype,), (32,), n=40)
+        with forced_routes(1, 1):
+            _tiny_fits("fused", (dtype,), (32,), n=40)
+    finally:
+        FusedCpuEngine.threads = saved
 
 
 _WARMERS = {

@@ -57,26 +57,6 @@ TRANSPOSED_NT_MIN_OUT = 64
 #: a BLAS sums all rows in one pass (OpenBLAS splits the sum only from 385 rows), so the
 #: result is bit-identical to computing ``dW`` and adding it.
 FOLDED_MOMENTUM_MAX_ROWS = 256
-#: the fused epoch runs steps of at least this many rows on two threads, each taking
-#: half of the rows through the whole forward and backward with one-thread BLAS, then
-#: half of every update sweep (:func:`data_parallel_split`): two hand-overs per step
-#: instead of OpenBLAS's synchronisation inside every product, which on the 2-core VM
-#: slows products of a few hundred rows for minutes at a time. Same process, epochs
-#: alternating, median samples/s (one thread with 2-thread BLAS -> two threads): SGD
-#: batch 384 42.4k -> 45.8k, 512 43.7k -> 48.8k, 4096 39.8k -> 51.1k, 60,000 48.9k ->
-#: 49.5k; Adam 384 44.0k -> 47.2k, 512 40.0k -> 45.9k, 1024 43.0k -> 48.2k. Below, two
-#: threads lose or tie (SGD 128 36.5k -> 32.3k, 192 47.7k -> 43.0k; 256 even).
-DATA_PARALLEL_MIN_ROWS = 384
-#: the fused epoch runs steps of at least this many rows, and fewer than
-#: ``DATA_PARALLEL_MIN_ROWS``, on two threads by columns (:func:`model_parallel_rows`):
-#: each thread computes half of every layer's output columns, its rows of ``dW`` and half
-#: of ``dx``'s columns with one-thread BLAS, and updates its rows of every weight, with
-#: a barrier per layer and direction. Same process, epochs alternating, median samples/s
-#: (one thread with 2-thread BLAS -> two threads): quiet spells SGD 128 49.0k -> 48.9k,
-#: Adam 128 43.2k -> 46.2k, Adam 256 47.8k -> 49.5k, 352 49.0k -> 49.3k; slow spells of
-#: the VM's 2-thread products SGD 32 13.1k -> 22.3k, SGD 128 25.5k -> 32.1k and 29.4k ->
-#: 39.1k (``bench_kernels.py -k two_thread_epoch``, 32 rows: 332 -> 110 ms per epoch).
-MODEL_PARALLEL_MIN_ROWS = 32
 # the forward's dot products may be summed in any order, so their reductions vectorize;
 # both CPU paths call the same compiled loop, so they still agree bit for bit
 _REASSOC = {"reassoc", "contract"}
@@ -324,33 +304,11 @@ def matmul_nn(dz, W, out):
 
 
 @njit(cache=True, error_model="numpy")
-def data_parallel_split(nb):
-    """Rows of the first half of a step on ``nb`` rows that runs on two threads (the
-    other thread takes the rest), or 0 when such a step runs in one piece. The gradient
-    sums of such a step are each half's sum, then added (:func:`weight_grad`,
-    ``dense._backward_epilogue``), on every CPU path."""
-    return nb // 2 if nb >= DATA_PARALLEL_MIN_ROWS else 0
-
-
-@njit(cache=True, error_model="numpy")
-def model_parallel_rows(nb):
-    """Whether the fused epoch's two threads split a step on ``nb`` rows by columns."""
-    return MODEL_PARALLEL_MIN_ROWS <= nb < DATA_PARALLEL_MIN_ROWS
-
-
-@njit(cache=True, error_model="numpy")
 def weight_grad(dz, a, out):
-    """``out = dz.T @ a``: dz (N, out), a (N, in) -> out (out, in) by
-    :func:`weight_grad_piece`; where :func:`data_parallel_split` splits N, one product
-    per half, the second added to the first (as the fused epoch's two threads sum)."""
-    half = data_parallel_split(dz.shape[0])
-    if half:
-        weight_grad_piece(dz[:half], a[:half], out)
-        rest = np.empty_like(out)
-        weight_grad_piece(dz[half:], a[half:], rest)
-        out += rest
-    else:
-        weight_grad_piece(dz, a, out)
+    """``out = dz.T @ a``: dz (N, out), a (N, in) -> out (out, in), by
+    :func:`weight_grad_piece` (a data-parallel step of the fused epoch sums one piece per
+    thread)."""
+    weight_grad_piece(dz, a, out)
 
 
 @njit(cache=True, error_model="numpy")

@@ -405,19 +405,11 @@ def _backward_epilogue_sums(dy, saved, dz, acc, code):
 @njit(cache=True, error_model="numpy")
 def _backward_epilogue_columns(dy, saved, dz, db, code, c0, c1):
     """On the columns ``c0:c1`` of (N, M) arrays: ``dz = act'(saved) * dy`` and ``db``
-    (c1 - c0,) their column sums, in one pass; the sums accumulate in float64, over
-    each half of the rows on its own where :func:`blas.data_parallel_split` splits N.
+    (c1 - c0,) their column sums, in one pass; the sums accumulate in float64.
     For LINEAR ``dz`` is not written (the caller uses ``dy``). ``dz`` may be ``dy``
     itself (in place)."""
     acc = np.zeros(c1 - c0, np.float64)
-    half = blas.data_parallel_split(dy.shape[0])
-    if half:  # the halves' sums, added: what the fused epoch's two threads compute
-        acc_b = np.zeros(c1 - c0, np.float64)
-        _backward_columns_sums(dy[:half], saved[:half], dz[:half], acc, code, c0, c1)
-        _backward_columns_sums(dy[half:], saved[half:], dz[half:], acc_b, code, c0, c1)
-        acc += acc_b
-    else:
-        _backward_columns_sums(dy, saved, dz, acc, code, c0, c1)
+    _backward_columns_sums(dy, saved, dz, acc, code, c0, c1)
     for j in range(acc.shape[0]):
         db[j] = acc[j]
 
@@ -425,8 +417,7 @@ def _backward_epilogue_columns(dy, saved, dz, db, code, c0, c1):
 @njit(cache=True, error_model="numpy")
 def _backward_epilogue(dy, saved, dz, db, code):
     """``dz = act'(saved) * dy`` (N, M) and ``db = dz.sum(0)`` (M,) in one pass; the column
-    sums accumulate in float64, over each half of the rows on its own where
-    :func:`blas.data_parallel_split` splits N. For LINEAR ``dz`` is not written (the
+    sums accumulate in float64. For LINEAR ``dz`` is not written (the
     caller uses ``dy``). ``dz`` may be ``dy`` itself (in place)."""
     _backward_epilogue_columns(dy, saved, dz, db, code, 0, dy.shape[1])
 

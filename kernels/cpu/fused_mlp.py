@@ -26,15 +26,18 @@ Per step:
   buffer, which the previous step's sweep left scaled by the momentum
   (:func:`update_weights_folded`), so no gradient array is written and read back.
 
-Two-thread steps, when the caller runs a :func:`step_worker` beside the epoch
-(:func:`step_worker_thread`), each product on one BLAS thread:
-- model-parallel (:mod:`model_parallel`), ``MODEL_PARALLEL_MIN_ROWS`` rows up to
-  ``DATA_PARALLEL_MIN_ROWS``: each thread computes half of every layer's columns and
-  updates its rows of every weight, meeting the other at a barrier after each layer;
-- data-parallel (:mod:`data_parallel`), ``DATA_PARALLEL_MIN_ROWS`` rows or more: each
-  thread takes half of the rows through forward and backward, then sweeps half of every
-  weight matrix from the two ``dW``s added.
-The pieces of a step (losses, weight updates, workspace) are in :mod:`fused_step`.
+Multi-thread steps, when the caller runs T - 1 :func:`step_worker` threads beside the
+epoch (:func:`worker_threads`), each product on one BLAS thread; the route of a step
+comes from the route table by its rows (:mod:`routes`):
+- model-parallel (:mod:`model_parallel`): each thread computes its share of every
+  layer's columns and updates its rows of every weight, meeting the others at a barrier
+  after each layer;
+- data-parallel (:mod:`data_parallel`): each thread takes its share of the rows through
+  forward and backward, then sweeps its share of every weight matrix from the T
+  ``dW``s added.
+The pieces of a step (losses, weight updates, workspace) are in :mod:`fused_step`; the
+records the functions pass (:class:`~records.Net`, :class:`~records.Buffers`, ...) in
+:mod:`records`.
 
 Layer table ``layers`` (L, 7) int64: ``n_in, n_out, w_param, b_param (-1: none), act,
 dropout, dropconnect`` (1: a Dropout follows the layer, run by every step; 1: the
@@ -50,25 +53,15 @@ import threading
 import numpy as np
 from numba import njit
 
-from gpunet.kernels.cpu.blas import (
-    BLOCKED_DW_MAX_ROWS,
-    data_parallel_split,
-    matmul_nn,
-    model_parallel_rows,
-    one_blas_thread,
-)
+from gpunet.kernels.cpu.blas import BLOCKED_DW_MAX_ROWS, matmul_nn, one_blas_thread
 from gpunet.kernels.cpu.data_parallel import (
     data_parallel_step,
-    evict_weights_half,
-    forward_backward,
-    shared_size,
+    forward_backward_part,
+    shared_columns,
     update_weights_part,
 )
 from gpunet.kernels.cpu.denormals import flush_denormals, hardware_flush_active
-from gpunet.kernels.cpu.dense import (
-    GELU,
-    _backward_epilogue,
-)
+from gpunet.kernels.cpu.dense import GELU, _backward_epilogue
 from gpunet.kernels.cpu.dropout import dropout_block
 from gpunet.kernels.cpu.fused_step import (
     LOSS_CODES,
@@ -85,212 +78,131 @@ from gpunet.kernels.cpu.fused_step import (
     update_weights_rowwise,
 )
 from gpunet.kernels.cpu.model_parallel import model_parallel_part, model_parallel_step
+from gpunet.kernels.cpu.records import Batches, Buffers, Masks, Net, Rule, Team, make_rule
+from gpunet.kernels.cpu.routes import ROUTE_DATA, ROUTE_MODEL, scratch_rows, step_route
 from gpunet.kernels.cpu.threads import (
-    FLAG_BATCH_ROWS,
-    FLAG_CORRECT,
-    FLAG_DONE,
+    CORRECT,
+    DONE,
     FLAG_GENERATION,
-    FLAG_ROWS,
-    FLAG_START,
     FLAG_STEP,
     FLAG_TASK,
-    N_FLAGS,
+    FLAG_THREADS,
     TASK_FORWARD_BACKWARD,
     TASK_MODEL_PARALLEL,
     WORKER_FAILED,
     atomic_store,
+    flags_size,
+    slot,
+    team_size,
     wait_for_change,
 )
 
-# what the fused engine (gpunet.train.fused) uses of this module
+# what the fused engine (gpunet.train.engines.fused_cpu) uses of this module
 __all__ = [
     "LOSS_CODES",
+    "Batches",
+    "Buffers",
+    "Masks",
+    "Net",
+    "Rule",
+    "Team",
     "hardware_flush_active",
+    "make_rule",
+    "one_thread_team",
     "scratch_rows",
-    "step_worker_thread",
     "train_epoch",
+    "worker_threads",
     "workspace_size",
 ]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def step_worker(
-    flags,
-    shared,
-    X,
-    labels,
-    targets,
-    order,
-    layers,
-    params,
-    P,
-    G,
-    G_b,
-    S1,
-    S2,
-    S3,
-    H,
-    steps,
-    firsts,
-    work,
-    epoch_work,
-    opt_kind,
-    loss_kind,
-    smoothing,
-    mean_reduction,
-    do_flush,
-    drop_keys,
-    drop_thresholds,
-    drop_scales,
-):
-    """The worker thread of :func:`train_epoch`'s two-thread steps: waits for a task in
-    ``flags`` (see ``threads.FLAG_*``), runs it, reports it done, until the generation
-    is -1. A model-parallel task runs thread 1's part of the step in ``epoch_work``
-    (the epoch's workspace); a forward-backward task (data-parallel) writes its ``dW``
-    to ``G_b`` and its loss sum and bias-gradient sums to ``shared``; an update task
-    sweeps the second half of every weight matrix. ``drop_*``: the epoch's dropout
-    tables (:func:`train_epoch`), read at the step ``flags[FLAG_STEP]`` names."""
+def step_worker(t, team, data, net, buf, rule, drop):
+    """Worker thread ``t`` (1 .. T-1) of :func:`train_epoch`'s multi-thread steps: waits
+    for a task in ``team.flags`` (see ``threads.FLAG_*``), runs it, reports it done in
+    its ``DONE`` slot, until the generation is -1. A model-parallel task runs thread
+    ``t``'s part of the step in ``team.epoch_work``; a forward-backward task
+    (data-parallel) writes its ``dW`` to ``team.G_parts[t - 1]`` and its sums to its row
+    of ``team.shared``; an update task sweeps its share of every weight matrix.
+    ``drop``: the epoch's :class:`~records.Masks`, read at the step ``FLAG_STEP``
+    names."""
+    flags = team.flags
     generation = 0
     count = 0  # barriers of model-parallel steps passed
-    no_loss = (labels[:0], targets[:0], loss_kind, smoothing, mean_reduction, work[:0])
+    no_loss = (data.labels[:0], data.targets[:0], buf.P[:0])
     no_keys = np.zeros(0, np.uint64)
     while True:
         generation = wait_for_change(flags, FLAG_GENERATION, generation)
         if generation < 0:
             return
         task = flags[FLAG_TASK]
-        step_keys = drop_keys[flags[FLAG_STEP]] if drop_keys.shape[0] != 0 else no_keys
+        step_keys = drop.keys[flags[FLAG_STEP]] if drop.keys.shape[0] != 0 else no_keys
+        masks = Masks(step_keys, drop.thresholds, drop.scales)
         if task == TASK_MODEL_PARALLEL:
-            count = model_parallel_part(
-                1,
-                flags,
-                count,
-                X,
-                order,
-                flags[FLAG_START],
-                flags[FLAG_ROWS],
-                layers,
-                params,
-                P,
-                G,
-                S1,
-                S2,
-                S3,
-                H,
-                steps,
-                firsts,
-                epoch_work,
-                opt_kind,
-                do_flush,
-                no_loss,
-                (step_keys, drop_thresholds, drop_scales),
-            )[0]
+            count = model_parallel_part(t, team, data, net, buf, rule, masks, count, no_loss)[0]
             if count < 0:
                 return
         elif task == TASK_FORWARD_BACKWARD:
-            sums = shared[1:]
-            sums[:] = 0.0
-            loss, correct = forward_backward(
-                X,
-                labels,
-                targets,
-                order,
-                flags[FLAG_START],
-                flags[FLAG_ROWS],
-                flags[FLAG_BATCH_ROWS],
-                layers,
-                params,
-                P,
-                G_b,
-                work,
-                sums,
-                loss_kind,
-                smoothing,
-                mean_reduction,
-                step_keys,
-                drop_thresholds,
-                drop_scales,
-                flags[FLAG_BATCH_ROWS] - flags[FLAG_ROWS],  # its rows' place in the batch
+            flags[slot(t, CORRECT)] = forward_backward_part(
+                t, team, data, net, buf.P, team.G_parts[t - 1], team.works[t - 1], rule, masks
             )
-            evict_weights_half(P, layers, params, False)
-            shared[0] = loss
-            flags[FLAG_CORRECT] = correct
         else:
-            update_weights_part(
-                opt_kind,
-                P,
-                G,
-                G_b,
-                S1,
-                S2,
-                S3,
-                H,
-                steps,
-                firsts,
-                layers,
-                params,
-                do_flush,
-                True,
-            )
-        atomic_store(flags, FLAG_DONE, generation)
+            update_weights_part(t, team, net, buf, rule)
+        atomic_store(flags, slot(t, DONE), generation)
+
+
+def one_thread_team(work, routes):
+    """The :class:`~records.Team` of an epoch whose every step runs on the calling
+    thread (``work``: its scratch, giving the dtype)."""
+    none = np.zeros((0, 0), work.dtype)
+    return Team(np.zeros(0, np.int64), np.zeros((0, 0)), none, none, work, routes)
 
 
 @contextlib.contextmanager
-def step_worker_thread(*args):
-    """Context manager: a :func:`step_worker` on its own thread, with BLAS on
-    one thread per caller, for one call of :func:`train_epoch`. ``args``: the worker's
-    arguments after ``flags`` and ``shared``; yields ``(flags, shared)`` for
-    :func:`train_epoch`. The worker flushes denormals as the calling thread does; on
-    exit it is told to stop and joined."""
-    layers = args[4]
-    flags = np.zeros(N_FLAGS + 2 * len(args[5]), np.int64)  # args[5]: the parameter table
-    shared = np.zeros(shared_size(layers), np.float64)
+def worker_threads(n_threads, G_parts, works, epoch_work, routes, data, net, buf, rule, drop):
+    """Context manager: T - 1 :func:`step_worker` threads (T = ``n_threads`` >= 2) for
+    one call of :func:`train_epoch`, with BLAS on one thread per caller; yields their
+    :class:`~records.Team`. ``G_parts`` (T - 1, P.size) and ``works`` (T - 1, size):
+    the workers' ``dW`` and scratch. The workers flush denormals as the calling thread
+    does; on exit they are told to stop and joined."""
+    flags = np.zeros(flags_size(n_threads, net.params.shape[0]), np.int64)
+    flags[FLAG_THREADS] = n_threads
+    shared = np.zeros((n_threads, shared_columns(net.layers)), np.float64)
+    team = Team(flags, shared, G_parts, works, epoch_work, routes)
     flags[FLAG_GENERATION] = -1
-    step_worker(flags, shared, *args)  # compiles here, returns at once
+    step_worker(1, team, data, net, buf, rule, drop)  # compiles here, returns at once
     flags[FLAG_GENERATION] = 0
     flush = hardware_flush_active()
-
     errors = []
 
-    def run():
+    def run(t):
         try:
             with flush_denormals(flush):
-                step_worker(flags, shared, *args)
+                step_worker(t, team, data, net, buf, rule, drop)
         except BaseException as error:  # the epoch must not wait for it forever
             errors.append(error)
-            flags[FLAG_DONE] = WORKER_FAILED
+            atomic_flag_failed(flags, t)
 
-    thread = threading.Thread(target=run, name="gpunet-step-worker", daemon=True)
+    threads = [
+        threading.Thread(target=run, args=(t,), name=f"gpunet-step-worker-{t}", daemon=True)
+        for t in range(1, n_threads)
+    ]
     with one_blas_thread():
-        thread.start()
+        for thread in threads:
+            thread.start()
         try:
-            yield flags, shared
+            yield team
         finally:
             flags[FLAG_GENERATION] = -1
-            thread.join()
+            for thread in threads:
+                thread.join()
             if errors:
                 raise RuntimeError("the fused epoch's worker thread failed") from errors[0]
 
 
-@njit(cache=True, error_model="numpy")
-def _step_scratch_rows(nb, two_threads):
-    """Rows of scratch a step on ``nb`` rows needs (this thread's, the worker's) and
-    whether it runs on two threads."""
-    half = data_parallel_split(nb) if two_threads else 0
-    if half:
-        return half, nb - half, True
-    return nb, 0, two_threads and model_parallel_rows(nb)
-
-
-@njit(cache=True, error_model="numpy")
-def scratch_rows(n, batch_size, two_threads):
-    """Rows of scratch :func:`train_epoch` needs on this thread and on the worker
-    thread, for an epoch of ``n`` rows in batches of ``batch_size`` (a data-parallel
-    step takes half on each thread; a model-parallel one carves this thread's for both),
-    and whether any step runs on two threads."""
-    full = _step_scratch_rows(min(batch_size, n), two_threads)
-    last = _step_scratch_rows(n % batch_size, two_threads)
-    return max(full[0], last[0]), max(full[1], last[1]), full[2] or last[2]
+def atomic_flag_failed(flags, t):
+    """Mark worker ``t`` failed (from Python, after its compiled loop raised)."""
+    flags[slot(t, DONE)] = WORKER_FAILED
 
 
 def workspace_size(layers, rows: int, gather: bool = False) -> int:
@@ -321,69 +233,42 @@ def masked_weight_offsets(layers):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def train_epoch(
-    X,
-    labels,
-    targets,
-    order,
-    batch_size,
-    layers,
-    params,
-    P,
-    G,
-    S1,
-    S2,
-    S3,
-    H,
-    steps,
-    firsts,
-    work,
-    opt_kind,
-    loss_kind,
-    smoothing,
-    mean_reduction,
-    do_flush,
-    flags,
-    shared,
-    G_b,
-    control,
-    drop_keys,
-    drop_thresholds,
-    drop_scales,
-):
-    """Train over ``X`` (N, F) in batches of ``batch_size``; the targets are ``labels``
-    (N,) int64 for cross-entropy or ``targets`` (N, K) float for MSE (the other one is
-    ignored and may be empty). Batch ``k`` is the rows ``order[k*batch_size :
-    (k+1)*batch_size]`` (``order`` (N,) int64), gathered into the workspace step by
+def train_epoch(data, batch_size, net, buf, work, rule, team, control, drop):
+    """Train over ``data`` (:class:`~records.Batches`: ``X`` (N, F), the targets
+    ``labels`` (N,) int64 for cross-entropy or ``targets`` (N, K) float for MSE, the
+    other one empty) in batches of ``batch_size``. Batch ``k`` is the rows
+    ``order[k*batch_size : (k+1)*batch_size]``, gathered into the workspace step by
     step; an empty ``order`` takes the rows in order, without copying.
 
-    ``H`` (K, 8) float64 hyperparameter rows, ``steps`` (K,) int64 optimizer step counts
-    (incremented here), ``firsts`` (K,) int64 1 while a momentum buffer does not exist.
-    ``work`` is a scratch buffer of at least :func:`workspace_size` elements.
+    ``net`` (:class:`~records.Net`), ``buf`` (:class:`~records.Buffers`: the step counts
+    are incremented here), ``rule`` (:class:`~records.Rule`). ``work`` is a scratch
+    buffer of at least :func:`workspace_size` elements.
 
-    Steps of ``MODEL_PARALLEL_MIN_ROWS`` rows or more run on two threads when a
-    :func:`step_worker` runs on the same ``flags`` (int64, ``N_FLAGS`` + 2 per
-    parameter), ``shared`` (float64, :func:`shared_size`) and ``G_b`` (like ``G``); an
-    empty ``flags`` runs every step here (with the same sums). On return the worker has
-    finished its last task; stopping it is the caller's.
+    ``team`` (:class:`~records.Team`): steps whose route (:func:`routes.step_route`, by
+    ``team.routes``) is model- or data-parallel run on the team's T threads while T - 1
+    :func:`step_worker` threads run on it (:func:`worker_threads`); a
+    :func:`one_thread_team` runs every step here (with the same sums). On return the
+    workers have finished their last task; stopping them is the caller's.
     ``control`` (4,) int64 (``gpunet.train.engines.base.StepControl``): ``[stop request,
     steps done, first non-finite step or -1, end the epoch at a non-finite loss]``;
     checked and updated between steps (:func:`end_of_step`).
     Dropout and DropConnect (after, or of, layers whose table row says so; with
-    DropConnect the caller runs no worker): ``drop_keys`` (steps, 2L) uint64 the mask key of
-    each step and layer, ``drop_thresholds`` (2L,) uint64 (0: keep all),
-    ``drop_scales`` (2L,) ``1 / (1 - p)`` in ``P``'s dtype, column ``l`` the Dropout
-    after layer ``l``, column ``L + l`` layer ``l``'s DropConnect; ``drop_keys`` (0, 0)
-    when the model has neither.
+    DropConnect the caller runs no workers): ``drop`` (:class:`~records.Masks`):
+    ``keys`` (steps, 2L) uint64 the mask key of each step and layer, ``thresholds``
+    (2L,) uint64 (0: keep all), ``scales`` (2L,) ``1 / (1 - p)`` in ``P``'s dtype,
+    column ``l`` the Dropout after layer ``l``, column ``L + l`` layer ``l``'s
+    DropConnect; ``keys`` (0, 0) when the model has neither.
     Returns ``(loss_sum, correct)``: batch-mean losses times batch sizes, summed, and the
     number of correct arg-max predictions (cross-entropy only).
     """
+    X, labels, targets, order = data
+    layers, params = net
+    P, G, S1, S2, S3, H, steps, firsts = buf
+    opt_kind, loss_kind, smoothing, mean_reduction, do_flush = rule
     n = X.shape[0]
     n_layers = layers.shape[0]
-    two_threads = flags.shape[0] != 0
-    # dropout runs on two-thread steps too (each thread draws its rows or columns of the
-    # masks), DropConnect on one-thread steps only (the caller then runs no worker)
-    rows = scratch_rows(n, batch_size, two_threads)[0]  # this thread's steps
+    n_threads = team_size(team.flags)
+    rows = scratch_rows(n, batch_size, n_threads, team.routes)[0]  # this thread's steps
     dtype_tiny = np.finfo(P.dtype).tiny
     # the per-layer activations, saved pre-activations (GELU) and output gradients live
     # in the caller's workspace (see workspace_size): reusing it across epochs avoids
@@ -406,87 +291,40 @@ def train_epoch(
     scaled = np.zeros(params.shape[0], np.bool_)
     loss_sum = 0.0
     correct = 0
-    generation = flags[FLAG_GENERATION] if two_threads else 0
-    col_sums = np.zeros(int(layers[:, 1].sum()), np.float64)
+    generation = team.flags[FLAG_GENERATION] if n_threads > 1 else 0
     count = 0  # barriers of model-parallel steps passed
     no_keys = np.zeros(0, np.uint64)
     for start in range(0, n, batch_size):
         nb = min(batch_size, n - start)
-        step_keys = drop_keys[start // batch_size] if drop_keys.shape[0] != 0 else no_keys
-        if two_threads and data_parallel_split(nb):
+        step = start // batch_size
+        step_keys = drop.keys[step] if drop.keys.shape[0] != 0 else no_keys
+        masks = Masks(step_keys, drop.thresholds, drop.scales)
+        route = step_route(nb, n_threads, team.routes)
+        if route == ROUTE_DATA:
             total, step_correct, generation = data_parallel_step(
-                X,
-                labels,
-                targets,
-                order,
-                start,
-                nb,
-                layers,
-                params,
-                P,
-                G,
-                G_b,
-                S1,
-                S2,
-                S3,
-                H,
-                steps,
-                firsts,
-                work,
-                col_sums,
-                flags,
-                shared,
-                generation,
-                opt_kind,
-                loss_kind,
-                smoothing,
-                mean_reduction,
-                do_flush,
-                start // batch_size,
-                step_keys,
-                drop_thresholds,
-                drop_scales,
+                team, data, net, buf, rule, masks, start, nb, step, generation, work
             )
             correct += step_correct
             loss_sum += batch_loss(loss_kind, total, nb, layers[n_layers - 1, 1], mean_reduction)
             if end_of_step(control, total):
                 break
             continue
-        if two_threads and model_parallel_rows(nb):
+        if route == ROUTE_MODEL:
             total, step_correct, generation, count = model_parallel_step(
-                X,
-                labels,
-                targets,
-                order,
+                team,
+                data,
+                net,
+                buf,
+                rule,
+                masks,
                 start,
                 nb,
                 min(batch_size, n - start - nb),
                 rows,
-                layers,
-                params,
-                P,
-                G,
-                S1,
-                S2,
-                S3,
-                H,
-                steps,
-                firsts,
-                work,
-                flags,
+                step,
                 generation,
                 count,
-                opt_kind,
-                loss_kind,
-                smoothing,
-                mean_reduction,
-                do_flush,
-                scaled,
-                label_rows,
-                target_rows,
-                loss_rows,
-                start // batch_size,
-                (step_keys, drop_thresholds, drop_scales),
+                (scaled, label_rows, target_rows, loss_rows[:nb]),
             )
             correct += step_correct
             loss_sum += batch_loss(loss_kind, total, nb, layers[n_layers - 1, 1], mean_reduction)
@@ -502,8 +340,8 @@ def train_epoch(
                         (layers[l, 1], layers[l, 0])
                     ),
                     step_keys[n_layers + l],
-                    drop_thresholds[n_layers + l],
-                    drop_scales[n_layers + l],
+                    drop.thresholds[n_layers + l],
+                    drop.scales[n_layers + l],
                 )
         if gather:
             xb = x_rows[: nb * n_features].reshape((nb, n_features))
@@ -532,8 +370,8 @@ def train_epoch(
             mean_reduction,
             loss_rows,
             step_keys,
-            drop_thresholds,
-            drop_scales,
+            drop.thresholds,
+            drop.scales,
             masked_w,
             masked_off,
             0,
@@ -554,8 +392,8 @@ def train_epoch(
             w_off = params[wp, 0]
             W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
             dz = grads[l][:nb]  # dy on entry; the epilogue turns it into dz in place
-            if step_keys.shape[0] != 0 and drop_thresholds[l] != 0:  # through the mask
-                dropout_block(dz, step_keys[l], drop_thresholds[l], drop_scales[l], 0, 0, n_out)
+            if step_keys.shape[0] != 0 and drop.thresholds[l] != 0:  # through the mask
+                dropout_block(dz, step_keys[l], drop.thresholds[l], drop.scales[l], 0, 0, n_out)
             b_off = params[bp, 0] if bp >= 0 else 0
             db = G[b_off : b_off + n_out] if bp >= 0 else no_bias_grad[:n_out]
             _backward_epilogue(dz, saved[l][:nb], dz, db, act)
@@ -581,8 +419,8 @@ def train_epoch(
                     dz,
                     a_in,
                     step_keys[n_layers + l],
-                    drop_thresholds[n_layers + l],
-                    drop_scales[n_layers + l],
+                    drop.thresholds[n_layers + l],
+                    drop.scales[n_layers + l],
                     H[wp],
                     steps[wp],
                     first,

@@ -1,5 +1,5 @@
 """The pieces of a fused training step (CPU), shared by the one-thread epoch
-(:mod:`fused_mlp`) and its two-thread steps (:mod:`data_parallel`, :mod:`model_parallel`).
+(:mod:`fused_mlp`) and its multi-thread steps (:mod:`data_parallel`, :mod:`model_parallel`).
 
 - weight updates by batch size: one row (``dW`` formed inside the sweep, row by row),
   up to ``BLOCKED_DW_MAX_ROWS`` rows (BLAS blocks of ``dW``, each applied in cache), SGD

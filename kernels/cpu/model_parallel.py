@@ -1,26 +1,26 @@
-"""Model-parallel steps of the fused epoch (CPU): steps of ``MODEL_PARALLEL_MIN_ROWS`` to
-``DATA_PARALLEL_MIN_ROWS`` rows (:func:`blas.model_parallel_rows`).
+"""Model-parallel steps of the fused epoch (CPU): the ``ROUTE_MODEL`` steps of
+:mod:`routes`, on the team's T threads.
 
-Both threads run :func:`model_parallel_part`, each on its half of every layer's output
-columns (thread 0 the first ``n_out // 2``), in the epoch's workspace:
+Every thread runs :func:`model_parallel_part` on its share (:func:`threads.share`) of
+every layer's output columns (thread 0 the first), in the calling thread's workspace:
 
-- gather: each thread copies half of the batch's rows; barrier;
+- gather: each thread copies its share of the batch's rows; barrier;
 - forward, per layer: ``z[:, cols] = a_prev @ W[cols].T``, bias and activation on those
   columns; barrier (the next layer reads all of ``a``);
 - loss: thread 0, all rows; barrier;
 - backward, per layer, last first: activation derivative and bias gradient of its
   columns (the bias updated at once), its rows of ``dW = dz.T @ a_prev``; barrier (all
-  of ``dz`` ready, and the other thread done reading the layer above's weight, whose
-  rows this thread now updates); its columns of ``dx = dz @ W``. The first layer's
-  rows are updated right after its ``dW``.
+  of ``dz`` ready, and every thread done reading the layer above's weight, whose
+  rows this thread now updates); its share of the columns of ``dx = dz @ W``. The first
+  layer's rows are updated right after its ``dW``.
 
 Each thread writes only its own rows of every weight and of the optimizer state (it
-reads the other's rows of a weight for ``dx``, before the other updates them); every
-product runs on one BLAS thread on half of the weight, which OpenBLAS
-would split the same way, but without its synchronisation inside every product. Each
+reads the others' rows of a weight for ``dx``, before they update them); every
+product runs on one BLAS thread on a share of the weight, which a threaded BLAS would
+split the same way, but without its synchronisation inside every product. Each
 element of a product and each column sum is computed as on one thread, in the same
-order; BLAS may still run a half-width product with another kernel than the whole
-one, which changes last bits (the tests hold both to the issue's tolerances).
+order; BLAS may still run a narrower product with another kernel than the whole
+one, which changes last bits (the tests hold every T to the issue's tolerances).
 """
 
 from __future__ import annotations
@@ -43,36 +43,31 @@ from gpunet.kernels.cpu.fused_step import (
 from gpunet.kernels.cpu.gather import gather_rows
 from gpunet.kernels.cpu.threads import (
     FLAG_CARVE_ROWS,
-    FLAG_FOLDS,
     FLAG_ROWS,
     FLAG_START,
     FLAG_STEP,
+    FLAG_THREADS,
     FOLD_NONE,
     FOLD_SCALED,
     FOLD_UNSCALED,
     TASK_MODEL_PARALLEL,
     barrier,
+    fold_slot,
     hand_over,
-    wait_for_worker,
+    share,
+    wait_for_workers,
 )
 
 
-@njit(inline="always", error_model="numpy")
-def _half(n, t):
-    """Thread ``t``'s half ``(lo, hi)`` of ``range(n)`` (columns of a layer, or rows)."""
-    half = n // 2
-    return (0, half) if t == 0 else (half, n)
-
-
 @njit(cache=True, nogil=True, error_model="numpy")
-def _model_parallel_forward(t, flags, count, layers, params, P, xb, acts, saved, masks):
+def _model_parallel_forward(t, flags, count, net, P, xb, acts, saved, masks):
     """Thread ``t``'s part of a model-parallel step's forward on the batch ``xb``
-    (nb, F): per layer its half of the output columns (``a @ W[cols].T``, bias,
+    (nb, F): per layer its share of the output columns (``a @ W[cols].T``, bias,
     activation, then its columns of the Dropout mask) into ``acts`` / ``saved`` (the
-    epoch's workspace), a barrier after each. ``masks``: ``(step_keys, thresholds,
-    scales)`` as ``fused_step.forward_and_loss`` takes them. Returns the barrier count,
-    -1 if stopped."""
-    step_keys, drop_thresholds, drop_scales = masks
+    epoch's workspace), a barrier after each. ``masks``: the step's
+    :class:`~records.Masks`. Returns the barrier count, -1 if stopped."""
+    layers, params = net
+    n_threads = flags[FLAG_THREADS]
     nb = xb.shape[0]
     a_prev = xb
     for l in range(layers.shape[0]):
@@ -83,7 +78,7 @@ def _model_parallel_forward(t, flags, count, layers, params, P, xb, acts, saved,
             layers[l, 3],
             layers[l, 4],
         )
-        c0, c1 = _half(n_out, t)
+        c0, c1 = share(n_out, t, n_threads)
         w_off = params[wp, 0]
         W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
         z = acts[l][:nb, c0:c1]
@@ -95,8 +90,8 @@ def _model_parallel_forward(t, flags, count, layers, params, P, xb, acts, saved,
         _forward_epilogue_columns(acts[l][:nb], b, saved[l][:nb], act, c0, c1)
         if layers[l, 5] != 0 and act != GELU:  # a separate buffer (carve_layers): the
             saved[l][:nb, c0:c1] = z  # derivative reads the activations before the mask
-        if step_keys.shape[0] != 0 and drop_thresholds[l] != 0:
-            dropout_block(z, step_keys[l], drop_thresholds[l], drop_scales[l], 0, c0, n_out)
+        if masks.keys.shape[0] != 0 and masks.thresholds[l] != 0:
+            dropout_block(z, masks.keys[l], masks.thresholds[l], masks.scales[l], 0, c0, n_out)
         a_prev = acts[l][:nb]
         count += 1
         if not barrier(flags, t, count):
@@ -105,37 +100,17 @@ def _model_parallel_forward(t, flags, count, layers, params, P, xb, acts, saved,
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _model_parallel_backward(
-    t,
-    flags,
-    count,
-    layers,
-    params,
-    P,
-    G,
-    S1,
-    S2,
-    S3,
-    H,
-    steps,
-    firsts,
-    opt_kind,
-    do_flush,
-    xb,
-    acts,
-    saved,
-    grads,
-    masks,
-):
+def _model_parallel_backward(t, flags, count, net, buf, rule, xb, acts, saved, grads, masks):
     """Thread ``t``'s part of a model-parallel step's backward, the loss gradient in the
     last layer's ``grads``: per layer, last first, the activation derivative and bias
-    gradient of its half of the columns (the bias updated at once), its rows of ``dW``,
-    a barrier, then its half of the columns of ``dx = dz @ W``. A weight's rows are
-    updated after the next barrier, once the other thread has read the weight for
-    ``dx`` (the first layer's at once). Its columns of an output gradient go through the
-    Dropout mask first (``masks`` as in :func:`_model_parallel_forward`). Returns the
-    barrier count, -1 if stopped."""
-    step_keys, drop_thresholds, drop_scales = masks
+    gradient of its share of the columns (the bias updated at once), its rows of ``dW``,
+    a barrier, then its share of the columns of ``dx = dz @ W``. A weight's rows are
+    updated after the next barrier, once every thread has read the weight for ``dx``
+    (the first layer's at once). Its columns of an output gradient go through the
+    Dropout mask first. Returns the barrier count, -1 if stopped."""
+    layers, params = net
+    P, G, S1, S2, S3, H, steps, firsts = buf
+    n_threads = flags[FLAG_THREADS]
     n_layers = layers.shape[0]
     nb = xb.shape[0]
     for l in range(n_layers - 1, -1, -1):
@@ -146,97 +121,84 @@ def _model_parallel_backward(
             layers[l, 3],
             layers[l, 4],
         )
-        c0, c1 = _half(n_out, t)
+        c0, c1 = share(n_out, t, n_threads)
         dz_rows = grads[l][:nb]
         dz = dz_rows[:, c0:c1]
-        if step_keys.shape[0] != 0 and drop_thresholds[l] != 0:  # this thread's columns
-            dropout_block(dz, step_keys[l], drop_thresholds[l], drop_scales[l], 0, c0, n_out)
+        if masks.keys.shape[0] != 0 and masks.thresholds[l] != 0:  # this thread's columns
+            dropout_block(dz, masks.keys[l], masks.thresholds[l], masks.scales[l], 0, c0, n_out)
         if bp >= 0:
             lo, hi = params[bp, 0] + c0, params[bp, 0] + c1
             _backward_epilogue_columns(dz_rows, saved[l][:nb], dz_rows, G[lo:hi], act, c0, c1)
             update_parameter_span(
-                opt_kind, P, G, S1, S2, S3, H, steps, firsts, bp, lo, hi, do_flush
+                rule.opt_kind, P, G, S1, S2, S3, H, steps, firsts, bp, lo, hi, rule.do_flush
             )
         else:
             _backward_epilogue_columns(
                 dz_rows, saved[l][:nb], dz_rows, np.empty(c1 - c0, P.dtype), act, c0, c1
             )
         a_in = xb if l == 0 else acts[l - 1][:nb]
-        _weight_grad_part(flags, G, S1, H, steps, firsts, wp, params[wp, 0] + c0 * n_in, dz, a_in)
+        _weight_grad_part(flags, buf, wp, params[wp, 0] + c0 * n_in, dz, a_in)
         if l == 0:
-            _update_weight_part(
-                opt_kind, flags, P, G, S1, S2, S3, H, steps, firsts, layers, params, l, t, do_flush
-            )
-        # all of dz (for dx), and the other thread done reading the layer above
+            _update_weight_part(flags, net, buf, rule, l, t)
+        # all of dz (for dx), and every thread done reading the layer above
         count += 1
         if not barrier(flags, t, count):
             return -1
         if l + 1 < n_layers:
-            _update_weight_part(
-                opt_kind,
-                flags,
-                P,
-                G,
-                S1,
-                S2,
-                S3,
-                H,
-                steps,
-                firsts,
-                layers,
-                params,
-                l + 1,
-                t,
-                do_flush,
-            )
+            _update_weight_part(flags, net, buf, rule, l + 1, t)
         if l > 0:
             w_off = params[wp, 0]
             W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
-            i0, i1 = _half(n_in, t)
+            i0, i1 = share(n_in, t, n_threads)
             gemm_view(grads[l][:nb], W[:, i0:i1], grads[l - 1][:nb, i0:i1], 0.0)
     return count
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _weight_grad_part(flags, G, S1, H, steps, firsts, wp, lo, dz, a):
+def _weight_grad_part(flags, buf, wp, lo, dz, a):
     """The rows of weight ``wp``'s ``dW = dz.T @ a`` for a block of ``dz``'s columns,
     from element ``lo`` of the flat buffers on: into ``G``, or (its flag ``FOLD_*``)
     added into the momentum buffer, first scaled by the momentum unless the previous
     step left it so."""
     shape = (dz.shape[1], a.shape[1])
     size = shape[0] * shape[1]
-    fold = flags[FLAG_FOLDS + 2 * wp]
+    fold = flags[fold_slot(flags, wp)]
     if fold == FOLD_NONE:
-        gemm_view(dz.T, a, G[lo : lo + size].reshape(shape), 0.0)
+        gemm_view(dz.T, a, buf.G[lo : lo + size].reshape(shape), 0.0)
         return
-    buf = S1[lo : lo + size]
+    momentum = buf.S1[lo : lo + size]
     if fold == FOLD_UNSCALED:
-        scale_momentum(buf, H[wp], steps[wp], firsts[wp] != 0)
-    gemm_view(dz.T, a, buf.reshape(shape), 1.0)
+        scale_momentum(momentum, buf.H[wp], buf.steps[wp], buf.firsts[wp] != 0)
+    gemm_view(dz.T, a, momentum.reshape(shape), 1.0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _update_weight_part(
-    kind, flags, P, G, S1, S2, S3, H, steps, firsts, layers, params, l, t, do_flush
-):
+def _update_weight_part(flags, net, buf, rule, l, t):
     """Thread ``t``'s rows of layer ``l``'s weight: the optimizer step from ``G``, or the
     folded momentum sweep (:func:`folded_sweep`)."""
+    layers, params = net
+    P, G, S1, S2, S3, H, steps, firsts = buf
     n_in, wp = layers[l, 0], layers[l, 2]
-    r0, r1 = _half(layers[l, 1], t)
+    r0, r1 = share(layers[l, 1], t, flags[FLAG_THREADS])
     lo, hi = params[wp, 0] + r0 * n_in, params[wp, 0] + r1 * n_in
-    if flags[FLAG_FOLDS + 2 * wp] == FOLD_NONE:
-        update_parameter_span(kind, P, G, S1, S2, S3, H, steps, firsts, wp, lo, hi, do_flush)
+    k = fold_slot(flags, wp)
+    if flags[k] == FOLD_NONE:
+        update_parameter_span(
+            rule.opt_kind, P, G, S1, S2, S3, H, steps, firsts, wp, lo, hi, rule.do_flush
+        )
     else:
-        scale_after = flags[FLAG_FOLDS + 2 * wp + 1] != 0
-        folded_sweep(P[lo:hi], S1[lo:hi], H[wp], steps[wp], firsts[wp] != 0, scale_after)
+        folded_sweep(P[lo:hi], S1[lo:hi], H[wp], steps[wp], firsts[wp] != 0, flags[k + 1] != 0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def plan_folds(flags, kind, H, steps, firsts, layers, params, P, nb, nb_next, do_flush, scaled):
+def plan_folds(flags, net, buf, rule, nb, nb_next, scaled):
     """Before a model-parallel step on ``nb`` rows (``steps`` already counted): per
     weight whether its ``dW`` folds into the momentum buffer (``FOLD_*``) and whether
     the sweep leaves the buffer scaled for the next step, on ``nb_next`` rows (0: none);
     the epoch's ``scaled`` flags follow."""
+    layers, params = net
+    P, H, steps, firsts = buf.P, buf.H, buf.steps, buf.firsts
+    kind, do_flush = rule.opt_kind, rule.do_flush
     for l in range(layers.shape[0]):
         n_in, n_out, wp = layers[l, 0], layers[l, 1], layers[l, 2]
         W = P[params[wp, 0] : params[wp, 0] + n_out * n_in].reshape((n_out, n_in))
@@ -247,150 +209,96 @@ def plan_folds(flags, kind, H, steps, firsts, layers, params, P, nb, nb_next, do
             after = nb_next > 0 and folds_momentum(
                 kind, H[wp], steps[wp] + 1, False, nb_next, W, do_flush
             )
-        flags[FLAG_FOLDS + 2 * wp] = fold
-        flags[FLAG_FOLDS + 2 * wp + 1] = after
+        k = fold_slot(flags, wp)
+        flags[k] = fold
+        flags[k + 1] = after
         scaled[wp] = after
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def model_parallel_part(
-    t,
-    flags,
-    count,
-    X,
-    order,
-    start,
-    nb,
-    layers,
-    params,
-    P,
-    G,
-    S1,
-    S2,
-    S3,
-    H,
-    steps,
-    firsts,
-    work,
-    opt_kind,
-    do_flush,
-    out_loss,
-    masks,
-):
-    """Thread ``t``'s part of a whole model-parallel step on ``work`` (the epoch's
-    workspace, carved for ``flags[FLAG_CARVE_ROWS]`` rows): its half of the batch's rows
-    gathered (barrier), forward, backward; thread 0 also computes the loss
-    between forward and backward with ``out_loss`` (``(y_b, t_b, loss_kind, smoothing,
-    mean_reduction, loss_rows)``). ``masks``: the step's Dropout ``(keys, thresholds,
-    scales)``. Returns ``(count, loss sum, correct)``, count -1 if stopped."""
-    acts, saved, grads, off = carve_layers(work, layers, flags[FLAG_CARVE_ROWS])
+def model_parallel_part(t, team, data, net, buf, rule, masks, count, out_loss):
+    """Thread ``t``'s part of a whole model-parallel step (its rows in ``team.flags``)
+    on ``team.epoch_work`` (the calling thread's workspace, carved for
+    ``flags[FLAG_CARVE_ROWS]`` rows): its share of the batch's rows gathered (barrier),
+    forward, backward; thread 0 also computes the loss between forward and backward
+    with ``out_loss`` (``(y_b, t_b, loss_rows)``; empty on the workers). ``masks``: the
+    step's :class:`~records.Masks`. Returns ``(count, loss sum, correct)``, count -1 if
+    stopped."""
+    flags = team.flags
+    start, nb = flags[FLAG_START], flags[FLAG_ROWS]
+    X, order = data.X, data.order
+    acts, saved, grads, off = carve_layers(team.epoch_work, net.layers, flags[FLAG_CARVE_ROWS])
     if order.shape[0] != 0:
         n_features = X.shape[1]
-        xb = work[off : off + nb * n_features].reshape((nb, n_features))
-        r0, r1 = _half(nb, t)
+        xb = team.epoch_work[off : off + nb * n_features].reshape((nb, n_features))
+        r0, r1 = share(nb, t, flags[FLAG_THREADS])
         gather_rows(X, order[start + r0 : start + r1], xb[r0:r1])
         count += 1
         if not barrier(flags, t, count):
             return -1, 0.0, 0
     else:
         xb = X[start : start + nb]
-    count = _model_parallel_forward(t, flags, count, layers, params, P, xb, acts, saved, masks)
+    count = _model_parallel_forward(t, flags, count, net, buf.P, xb, acts, saved, masks)
     if count < 0:
         return -1, 0.0, 0
     total, correct = 0.0, 0
     if t == 0:
-        y_b, t_b, loss_kind, smoothing, mean_reduction, loss_rows = out_loss
-        last = layers.shape[0] - 1
+        y_b, t_b, loss_rows = out_loss
+        last = net.layers.shape[0] - 1
         total, correct = loss_and_gradient(
             acts[last][:nb],
             grads[last][:nb],
             y_b,
             t_b,
             nb,
-            loss_kind,
-            smoothing,
-            mean_reduction,
+            rule.loss_kind,
+            rule.smoothing,
+            rule.mean_reduction,
             loss_rows,
         )
     count += 1
     if not barrier(flags, t, count):
         return -1, 0.0, 0
-    count = _model_parallel_backward(
-        t,
-        flags,
-        count,
-        layers,
-        params,
-        P,
-        G,
-        S1,
-        S2,
-        S3,
-        H,
-        steps,
-        firsts,
-        opt_kind,
-        do_flush,
-        xb,
-        acts,
-        saved,
-        grads,
-        masks,
-    )
+    count = _model_parallel_backward(t, flags, count, net, buf, rule, xb, acts, saved, grads, masks)
     return count, total, correct
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def model_parallel_step(
-    X,
-    labels,
-    targets,
-    order,
+    team,
+    data,
+    net,
+    buf,
+    rule,
+    masks,
     start,
     nb,
     nb_next,
     carve_rows,
-    layers,
-    params,
-    P,
-    G,
-    S1,
-    S2,
-    S3,
-    H,
-    steps,
-    firsts,
-    work,
-    flags,
+    step,
     generation,
     count,
-    opt_kind,
-    loss_kind,
-    smoothing,
-    mean_reduction,
-    do_flush,
-    scaled,
-    label_rows,
-    target_rows,
-    loss_rows,
-    step,
-    masks,
+    scratch,
 ):
-    """The epoch's side of one model-parallel step on ``nb`` rows from ``start`` (the
-    next step has ``nb_next``; ``work`` carved for ``carve_rows``): hands the worker its
-    part, runs thread 0's, waits for the worker. ``scaled``: the epoch's per-parameter
-    momentum-buffer flags (:func:`plan_folds`); ``label_rows`` / ``target_rows`` /
-    ``loss_rows``: this thread's scratch for the loss; ``step``: the step's index (the
-    worker's row of the dropout keys), ``masks`` its ``(keys, thresholds, scales)``.
-    Returns ``(loss sum, correct, generation, count)``."""
-    if order.shape[0] != 0:
-        gather_targets(labels, targets, order[start : start + nb], label_rows, target_rows)
+    """The calling thread's side of one model-parallel step on ``nb`` rows from
+    ``start`` (the next step has ``nb_next``; ``team.epoch_work`` carved for
+    ``carve_rows``): hands the workers their parts, runs thread 0's, waits for the
+    workers. ``step``: the step's index (the workers' row of the dropout keys),
+    ``masks`` its :class:`~records.Masks`. ``scratch``: ``(scaled, label_rows,
+    target_rows, loss_rows)``, the epoch's per-parameter momentum-buffer flags
+    (:func:`plan_folds`) and this thread's scratch for the loss. Returns ``(loss sum,
+    correct, generation, count)``."""
+    scaled, label_rows, target_rows, loss_rows = scratch
+    flags = team.flags
+    if data.order.shape[0] != 0:
+        rows = data.order[start : start + nb]
+        gather_targets(data.labels, data.targets, rows, label_rows, target_rows)
         y_b, t_b = label_rows[:nb], target_rows[:nb]
     else:
-        y_b, t_b = labels[start : start + nb], targets[start : start + nb]
-    for k in range(params.shape[0]):
-        steps[k] += 1
-    plan_folds(flags, opt_kind, H, steps, firsts, layers, params, P, nb, nb_next, do_flush, scaled)
+        y_b, t_b = data.labels[start : start + nb], data.targets[start : start + nb]
+    for k in range(buf.steps.shape[0]):
+        buf.steps[k] += 1
+    plan_folds(flags, net, buf, rule, nb, nb_next, scaled)
     flags[FLAG_START] = start
     flags[FLAG_ROWS] = nb
     flags[FLAG_CARVE_ROWS] = carve_rows
@@ -398,32 +306,11 @@ def model_parallel_step(
     generation += 1
     hand_over(flags, generation, TASK_MODEL_PARALLEL)
     count, total, correct = model_parallel_part(
-        0,
-        flags,
-        count,
-        X,
-        order,
-        start,
-        nb,
-        layers,
-        params,
-        P,
-        G,
-        S1,
-        S2,
-        S3,
-        H,
-        steps,
-        firsts,
-        work,
-        opt_kind,
-        do_flush,
-        (y_b, t_b, loss_kind, smoothing, mean_reduction, loss_rows),
-        masks,
+        0, team, data, net, buf, rule, masks, count, (y_b, t_b, loss_rows)
     )
     if count < 0:
         raise RuntimeError("the fused epoch's worker thread failed")
-    wait_for_worker(flags, generation)
-    for k in range(params.shape[0]):
-        firsts[k] = 0
+    wait_for_workers(flags, generation)
+    for k in range(buf.firsts.shape[0]):
+        buf.firsts[k] = 0
     return total, correct, generation, count

@@ -121,7 +121,7 @@ class AutoCpuEngine(Engine):
     def _choice_key(self, batch_size: int) -> str:
         """What a measured choice depends on: kernels, machine, network, optimizer, loss,
         batch size, CPUs."""
-        from gpunet.train.engines.fused_cpu import usable_cpus  # noqa: PLC0415
+        from gpunet.parallel import get_num_threads  # noqa: PLC0415
 
         parts = (
             jit_cache.stamp(),
@@ -130,7 +130,7 @@ class AutoCpuEngine(Engine):
             type(self.loss).__name__,
             str(self.model.dtype),
             batch_size,
-            usable_cpus(),
+            get_num_threads(),
         )
         return json.dumps(parts)
 

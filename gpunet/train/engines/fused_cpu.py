@@ -10,7 +10,6 @@ copied back by ``write_back``.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 
 import numpy as np
@@ -27,10 +26,10 @@ class FusedCpuEngine(Engine):
     whole_epochs = True
     runs_dropout = True
     runs_dropconnect = True
-    #: run steps of ``blas.MODEL_PARALLEL_MIN_ROWS`` rows or more on two threads where the
-    #: process may use two CPUs: model-parallel below ``blas.DATA_PARALLEL_MIN_ROWS``,
-    #: data-parallel from there (False: every step on the calling thread, same results)
-    two_threads = True
+    #: threads of the multi-thread steps (None: ``gpunet.get_num_threads()``); which
+    #: steps split, and how, comes from the route table (:mod:`.routes`). 1: every step
+    #: on the calling thread (the same results to the last bits of BLAS)
+    threads: int | None = None
 
     def __init__(
         self,
@@ -61,7 +60,7 @@ class FusedCpuEngine(Engine):
         ]
         self.state = FlatState(model, optimizer, self.layers, np, self.dropouts, self.dropconnects)
         self.params = self.state.params
-        self.G_b = None  # the worker's dW in data-parallel steps, allocated on first use
+        self._G_parts = None  # (T - 1, P.size): the workers' dW, allocated on first use
         # set by prepare: contiguous X (N, features), labels (N,) int64 for cross-entropy
         # (else empty), targets (N, outputs) for MSE (else (0, 1)), the batch size
         self.X = self.labels = self.targets = None
@@ -82,18 +81,33 @@ class FusedCpuEngine(Engine):
             targets = np.ascontiguousarray(y.reshape(len(y), -1), dtype=X.dtype)
         self.X, self.labels, self.targets, self.batch_size = X, labels, targets, batch_size
 
-    def _workspace(self, rows: int, dtype, gather: bool, worker: bool = False):
-        """The kernel's scratch for steps of ``rows`` rows (this thread's, or the
-        ``worker`` thread's in data-parallel steps), kept across epochs while the batch size stays:
-        fresh memory costs page faults."""
-        key = (rows, np.dtype(dtype), gather, worker)
+    def _workspace(self, rows: int, dtype, gather: bool, workers: int = 0):
+        """The kernel's scratch for steps of ``rows`` rows: this thread's (1-D), or with
+        ``workers`` the workers' in data-parallel steps ((workers, size)); kept across
+        epochs while the batch size stays: fresh memory costs page faults."""
+        key = (rows, np.dtype(dtype), gather, workers)
         work = self._work.get(key)
         if work is None:
-            for stale in [old for old in self._work if old[3] == worker]:
+            for stale in [old for old in self._work if (old[3] == 0) == (workers == 0)]:
                 del self._work[stale]
             size = self.kernels.workspace_size(self.state.layer_table, rows, gather)
-            work = self._work[key] = np.empty(size, dtype)
+            work = np.empty((workers, size) if workers else size, dtype)
+            self._work[key] = work
         return work
+
+    def _weight_grad_parts(self, workers: int):
+        """The workers' ``dW`` buffers (workers, P.size), kept across epochs."""
+        if self._G_parts is None or len(self._G_parts) != workers:
+            self._G_parts = np.zeros((workers, self.state.G.size), self.state.G.dtype)
+        return self._G_parts
+
+    def team_threads(self) -> int:
+        """T for this model: 1 with a DropConnect layer (one-thread steps only)."""
+        from gpunet.parallel import get_num_threads  # noqa: PLC0415
+
+        if self.dropconnects:
+            return 1
+        return self.threads if self.threads is not None else get_num_threads()
 
     # ---------------------------------------------------------------- epoch
     def run_epoch(self, order=None, on_batch_end=None, control=None) -> tuple[float, int | None]:
@@ -103,6 +117,8 @@ class FusedCpuEngine(Engine):
         when no callback needs every step). With a ``control``, the call runs on its own
         thread while this one waits, so a Ctrl-C reaches the fit loop's handler (which
         sets the stop flag the kernel checks between steps) during the epoch."""
+        from gpunet.train.engines.routes import route_table  # noqa: PLC0415
+
         X, labels, targets, batch_size = self.X, self.labels, self.targets, self.batch_size
         if X is None:
             raise RuntimeError("prepare() must be called before run_epoch()")
@@ -111,81 +127,53 @@ class FusedCpuEngine(Engine):
         gather = order is not None
         order = np.ascontiguousarray(order, dtype=np.int64) if gather else np.zeros(0, np.int64)
         k = self.kernels
-        # the worker's scratch has rows only if some step of the epoch splits
-        # dropout runs on every step (each thread of a two-thread step draws its rows
-        # or columns of the masks), DropConnect on one-thread steps only
-        rows, worker_rows, two_threads = k.scratch_rows(
-            len(X), batch_size, self.two_threads and usable_cpus() >= 2 and not self.dropconnects
-        )
+        n_threads = self.team_threads()
+        routes = route_table(n_threads)
+        # the workers' scratch has rows only if some step of the epoch is data-parallel
+        rows, worker_rows, multi = k.scratch_rows(len(X), batch_size, n_threads, routes)
         n_steps = -(-len(X) // batch_size)
-        drop_keys, drop_thresholds, drop_scales = self._dropout_tables(n_steps, X.dtype)
         work = self._workspace(rows, X.dtype, gather)
-        smoothing = float(getattr(self.loss, "label_smoothing", 0.0))
-        mean = self.loss.reduction == "mean"
-        do_flush = self.flush_denormals and not k.hardware_flush_active()
-        if two_threads:
-            if self.G_b is None:
-                self.G_b = np.zeros_like(st.G)
-            worker = k.step_worker_thread(
-                X,
-                labels,
-                targets,
-                order,
-                st.layer_table,
-                st.param_table,
-                st.P,
-                st.G,
-                self.G_b,
-                *st.S,
-                H,
-                steps,
-                firsts,
-                self._workspace(worker_rows, X.dtype, gather, worker=True),
+        data = k.Batches(X, labels, targets, order)
+        net = k.Net(st.layer_table, st.param_table)
+        buf = k.Buffers(st.P, st.G, *st.S, H, steps, firsts)
+        rule = k.make_rule(
+            self.opt_code,
+            self.loss_code,
+            getattr(self.loss, "label_smoothing", 0.0),
+            self.loss.reduction == "mean",
+            self.flush_denormals and not k.hardware_flush_active(),
+        )
+        drop = k.Masks(*self._dropout_tables(n_steps, X.dtype))
+        if multi:
+            workers = n_threads - 1
+            team = k.worker_threads(
+                n_threads,
+                self._weight_grad_parts(workers),
+                self._workspace(max(worker_rows, 1), X.dtype, gather, workers),
                 work,
-                self.opt_code,
-                self.loss_code,
-                smoothing,
-                mean,
-                do_flush,
-                drop_keys,
-                drop_thresholds,
-                drop_scales,
+                routes,
+                data,
+                net,
+                buf,
+                rule,
+                drop,
             )
-            G_b = self.G_b
         else:
-            worker = contextlib.nullcontext((np.zeros(0, np.int64), np.zeros(0)))
-            G_b = st.G[:0]
+            team = contextlib.nullcontext(k.one_thread_team(work, routes))
         control_array = np.zeros(4, np.int64) if control is None else control.array
-        with worker as (flags, shared):
+        with team as members:
             loss_sum, correct = _interruptible(
                 control is not None,
                 k.train_epoch,
-                X,
-                labels,
-                targets,
-                order,
+                data,
                 batch_size,
-                st.layer_table,
-                st.param_table,
-                st.P,
-                st.G,
-                *st.S,
-                H,
-                steps,
-                firsts,
+                net,
+                buf,
                 work,
-                self.opt_code,
-                self.loss_code,
-                smoothing,
-                mean,
-                do_flush,
-                flags,
-                shared,
-                G_b,
+                rule,
+                members,
                 control_array,
-                drop_keys,
-                drop_thresholds,
-                drop_scales,
+                drop,
             )
         self._steps = steps
         self._dropout_steps = n_steps if control is None else control.steps
@@ -269,11 +257,3 @@ def _interruptible(wanted: bool, kernel, *args):
     if not ok:
         raise value
     return value
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
