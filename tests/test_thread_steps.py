@@ -31,7 +31,8 @@ from tests.test_fused_engine import LOSSES, OPTIMIZERS, TOLERANCE, assert_close,
 
 WORKER_NAME = "gpunet-step-worker"
 THREADS = (1, 2, 3, 4)
-MODEL_MIN, DATA_MIN = 8, 64  # the forced route table
+MODEL_MIN, DATA_MIN = 8, 64  # the forced route table's thresholds
+SMALL_ROUTES = [(0, "one-thread"), (MODEL_MIN, "model-parallel"), (DATA_MIN, "data-parallel")]
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def hand_overs(monkeypatch):
 
 @pytest.fixture
 def small_routes():
-    with route_tables.forced_routes(MODEL_MIN, DATA_MIN):
+    with route_tables.forced_routes(SMALL_ROUTES):
         yield
 
 
@@ -162,7 +163,7 @@ def test_every_thread_count_matches_autograd(
 def test_default_routes_match_autograd(n_threads, hand_overs, team_of):
     """Without a forced table: model-parallel and data-parallel steps at the default
     thresholds (a batch of the data-parallel minimum, then a model-parallel rest)."""
-    model_min, data_min = route_tables.default_routes(n_threads)
+    (_, _), (model_min, _), (data_min, _) = route_tables.default_routes(n_threads)
     n_samples = data_min + model_min + 3
     team_of(n_threads)
     ref_w, _, _ = autograd_fit("adam", "ce_mean", np.float64, n_samples, data_min)
@@ -203,13 +204,13 @@ def test_workers_stop_when_the_epoch_raises(monkeypatch, team_of, small_routes):
     ],
 )
 def test_scratch_rows(n, batch_size, n_threads, expected):
-    table = np.array([MODEL_MIN, DATA_MIN], np.int64)
+    table = route_tables.pack(SMALL_ROUTES)
     assert tuple(routes.scratch_rows(n, batch_size, n_threads, table)) == expected
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 16])
 def test_step_route(n_threads):
-    table = np.array([MODEL_MIN, DATA_MIN], np.int64)
+    table = route_tables.pack(SMALL_ROUTES)
     multi = n_threads > 1
     assert routes.step_route(MODEL_MIN - 1, n_threads, table) == routes.ROUTE_ONE
     assert routes.step_route(MODEL_MIN, n_threads, table) == (
@@ -221,13 +222,18 @@ def test_step_route(n_threads):
     assert routes.step_route(DATA_MIN, n_threads, table) == (
         routes.ROUTE_DATA if multi else routes.ROUTE_ONE
     )
-    # a data-parallel step needs a row per thread
-    tiny = np.array([1, 1], np.int64)
-    assert routes.step_route(n_threads - 1, n_threads, tiny) == (
+    # any order of routes: data-parallel at 4-15 rows, one thread from 16, model from 64
+    mixed = route_tables.pack([(4, "data-parallel"), (16, "one-thread"), (64, "model-parallel")])
+    assert routes.step_route(3, n_threads, mixed) == routes.ROUTE_ONE
+    assert routes.step_route(20, n_threads, mixed) == routes.ROUTE_ONE
+    assert routes.step_route(64, n_threads, mixed) == (
         routes.ROUTE_MODEL if multi else routes.ROUTE_ONE
     )
-    assert routes.step_route(n_threads, n_threads, tiny) == (
-        routes.ROUTE_DATA if multi else routes.ROUTE_ONE
+    # a data-parallel step needs a row per thread (model-parallel below that)
+    assert routes.step_route(15, n_threads, mixed) == (
+        (routes.ROUTE_DATA if n_threads <= 15 else routes.ROUTE_MODEL)
+        if multi
+        else routes.ROUTE_ONE
     )
 
 
@@ -245,7 +251,7 @@ def test_shares_cover_the_range_in_order(n, n_threads):
 def test_a_failing_worker_stops_the_epoch_instead_of_hanging(case, monkeypatch, team_of):
     batch_size = {"data-parallel": 100, "model-parallel": 20}[case]
     team_of(3)
-    with route_tables.forced_routes(MODEL_MIN, DATA_MIN):
+    with route_tables.forced_routes(SMALL_ROUTES):
         fit("fused", "adam", "ce_mean", np.float32, 200, batch_size, epochs=1)  # compiled
     real = fused_mlp.step_worker
 
@@ -259,7 +265,7 @@ def test_a_failing_worker_stops_the_epoch_instead_of_hanging(case, monkeypatch, 
 
     def train():
         try:
-            with route_tables.forced_routes(MODEL_MIN, DATA_MIN):
+            with route_tables.forced_routes(SMALL_ROUTES):
                 fit("fused", "adam", "ce_mean", np.float32, 200, batch_size, epochs=1)
         except RuntimeError as error:
             outcome.append(error)
@@ -387,10 +393,10 @@ os.sched_setaffinity(0, {0})
 sys.path.insert(0, sys.argv[1])
 from gpunet.train.engines import FusedCpuEngine
 from gpunet.train.engines import routes
-from tests.test_thread_steps import fit
+from tests.test_thread_steps import SMALL_ROUTES, fit
 from tests.test_fused_engine import assert_close, TOLERANCE
 FusedCpuEngine.threads = 3
-with routes.forced_routes(8, 64):
+with routes.forced_routes(SMALL_ROUTES):
     ref = fit("autograd", "sgd_momentum", "ce_mean", np.float64, 230, 100)
     out = fit("fused", "sgd_momentum", "ce_mean", np.float64, 230, 100)
 assert_close(ref[0], out[0], TOLERANCE[np.float64], "weight")
@@ -420,10 +426,23 @@ def test_route_table_defaults_measured_and_forced(tmp_path, monkeypatch):
 
     monkeypatch.setattr(jit_cache, "cache_dir", lambda: tmp_path)
     monkeypatch.setattr(route_tables, "_measured", {})
-    assert list(route_tables.route_table(3)) == list(route_tables.default_routes(3))
-    route_tables.save_route_table(3, 48, 900, {"measured": "test"})
-    assert list(route_tables.route_table(3)) == [48, 900]
-    assert list(route_tables.route_table(2)) == list(route_tables.default_routes(2))
-    with route_tables.forced_routes(1, 2):
-        assert list(route_tables.route_table(3)) == [1, 2]
-    assert list(route_tables.route_table(3)) == [48, 900]
+
+    def table(n):
+        return route_tables.route_table(n).tolist()
+
+    assert table(3) == route_tables.pack(route_tables.default_routes(3)).tolist()
+    measured = [(0, "model-parallel"), (512, "one-thread"), (2048, "data-parallel")]
+    route_tables.save_route_table(3, measured, {"measured": "test"})
+    assert table(3) == [0, 1, 512, 0, 2048, 2]
+    assert table(2) == route_tables.pack(route_tables.default_routes(2)).tolist()
+    with route_tables.forced_routes(route_tables.only("data-parallel")):
+        assert table(3) == [0, 2]
+    assert table(3) == [0, 1, 512, 0, 2048, 2]
+    # a damaged file is ignored (defaults), a bad table is refused before it is kept
+    (tmp_path / route_tables.ROUTES_FILE).write_text('{"x": ')
+    monkeypatch.setattr(route_tables, "_measured", {})
+    assert table(3) == route_tables.pack(route_tables.default_routes(3)).tolist()
+    with pytest.raises(ValueError, match="unknown route"):
+        route_tables.save_route_table(3, [(0, "three-thread")], {})
+    with pytest.raises(ValueError, match="out of order"):
+        route_tables.pack([(8, "one-thread"), (8, "model-parallel")])

@@ -86,7 +86,7 @@ def _warm_ops() -> None:
 
 def _warm_epoch(dtype) -> None:
     from gpunet.train.engines.fused_cpu import FusedCpuEngine  # noqa: PLC0415
-    from gpunet.train.engines.routes import forced_routes  # noqa: PLC0415
+    from gpunet.train.engines.routes import forced_routes, only  # noqa: PLC0415
 
     # one-thread steps (batch 1 and 8: the skinny loops), then model-parallel and
     # data-parallel steps on two threads, whatever this machine's route table says
@@ -94,10 +94,9 @@ def _warm_epoch(dtype) -> None:
     saved = FusedCpuEngine.threads
     FusedCpuEngine.threads = 2
     try:
-        with forced_routes(1, 1 << 62):
-            _tiny_fits("fused", (dtype,), (32,), n=40)
-        with forced_routes(1, 1):
-            _tiny_fits("fused", (dtype,), (32,), n=40)
+        for route in ("model-parallel", "data-parallel"):
+            with forced_routes(only(route)):
+                _tiny_fits("fused", (dtype,), (32,), n=40)
     finally:
         FusedCpuEngine.threads = saved
 

@@ -5,7 +5,7 @@ Thread ``t`` takes its share (:func:`threads.share`) of the rows through gather,
 forward, loss and backward (:func:`forward_backward`), thread 0 into ``G`` and worker
 ``t`` into ``G_parts[t - 1]``, with float64 bias-gradient sums in its row of
 ``shared``; then each thread sweeps its share of every weight matrix from the T
-``dW``s added in thread order (:func:`update_weights_part`), and thread 0 updates the
+``dW``s added (:func:`update_weights_part`), and thread 0 updates the
 biases. Each share's products run on one BLAS thread, and each thread packs all of
 every weight matrix, which only pays from a few hundred rows. Dropout: each share
 draws its rows of the step's masks (``first_row``), in forward and backward.
@@ -138,9 +138,10 @@ def forward_backward_part(t, team, data, net, P, Gx, work, rule, masks):
 @njit(cache=True, nogil=True, error_model="numpy")
 def update_weights_part(t, team, net, buf, rule):
     """Thread ``t``'s share of the update of every weight matrix from the T threads'
-    ``dW`` (``G``, then ``G_parts``), added in thread order. The sum goes to the buffer
-    this thread wrote (``G`` for thread 0, ``G_parts[t - 1]``): a thread storing into
-    lines another thread wrote would pull them over from its core."""
+    ``dW`` (``G`` and ``G_parts``), added into the buffer this thread wrote (``G`` for
+    thread 0, ``G_parts[t - 1]``; a thread storing into lines another thread wrote would
+    pull them over from its core): its own, then the others in thread order. Two
+    threads: ``G + G_parts[0]`` on both halves."""
     layers, params = net
     P, G, S1, S2, S3, H, steps, firsts = buf
     parts = team.G_parts
@@ -150,11 +151,15 @@ def update_weights_part(t, team, net, buf, rule):
         wp = layers[l, 2]
         k0, k1 = share(params[wp, 1], t, n_threads)
         lo, hi = params[wp, 0] + k0, params[wp, 0] + k1
-        for k in range(lo, hi):
-            s = G[k]
-            for u in range(n_threads - 1):
-                s += parts[u, k]
-            own[k] = s
+        # the others' dW added into its own, one vectorized pass each, in a fixed order
+        if t != 0:
+            for k in range(lo, hi):
+                own[k] += G[k]
+        for u in range(n_threads - 1):
+            if u != t - 1:
+                part = parts[u]
+                for k in range(lo, hi):
+                    own[k] += part[k]
         update_parameter_span(
             rule.opt_kind, P, own, S1, S2, S3, H, steps, firsts, wp, lo, hi, rule.do_flush
         )

@@ -1,17 +1,20 @@
 """Which threads run a step of the fused epoch, by its rows (CPU).
 
-A step on ``nb`` rows takes one of three routes, from the route table ``routes`` (2,)
-int64 ``[model_parallel_min_rows, data_parallel_min_rows]`` (filled by
-``gpunet.train.engines.routes``: defaults, or measured on the machine by ``gpunet
-tune``) and the team's T threads:
+A step on ``nb`` rows takes one of three routes, from the route table ``routes`` and the
+team's T threads:
 
-- ``ROUTE_ONE``: the calling thread alone (T = 1, or fewer than
-  ``model_parallel_min_rows`` rows);
+- ``ROUTE_ONE``: the calling thread alone (BLAS with its own threads);
 - ``ROUTE_MODEL``: each of the T threads takes its share of every layer's output
   columns (:mod:`model_parallel`);
-- ``ROUTE_DATA``: from ``data_parallel_min_rows`` rows, each thread takes its share of
-  the rows through forward and backward, then its share of every update sweep
-  (:mod:`data_parallel`).
+- ``ROUTE_DATA``: each thread takes its share of the rows through forward and backward,
+  then its share of every update sweep (:mod:`data_parallel`).
+
+The table is a flat int64 array of ``(min_rows, route)`` pairs in increasing
+``min_rows``: a step takes the route of the last pair whose ``min_rows`` it reaches
+(``ROUTE_ONE`` below the first). It is filled by ``gpunet.train.engines.routes``:
+defaults, or the winners ``gpunet tune`` measured on the machine. With one thread every
+step is ``ROUTE_ONE``; a data-parallel step needs a row per thread (model-parallel
+below that).
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ ROUTE_NAMES = ("one-thread", "model-parallel", "data-parallel")
 @njit(cache=True, nogil=True, error_model="numpy")
 def step_route(nb, n_threads, routes):
     """The route of a step on ``nb`` rows with ``n_threads`` threads (``ROUTE_*``)."""
-    if n_threads < 2 or nb < routes[0]:
+    if n_threads < 2:
         return ROUTE_ONE
-    if nb >= routes[1] and nb >= n_threads:
-        return ROUTE_DATA
-    return ROUTE_MODEL
+    route = ROUTE_ONE
+    for i in range(0, routes.shape[0], 2):
+        if nb >= routes[i]:
+            route = routes[i + 1]
+    if route == ROUTE_DATA and nb < n_threads:
+        return ROUTE_MODEL
+    return route
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
