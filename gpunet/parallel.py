@@ -16,7 +16,6 @@ import os
 ENV_VAR = "GPUNET_NUM_THREADS"
 
 _threads: int | None = None  # set_num_threads' count, or the variable's once read
-_controller = []  # the threadpoolctl controller of the BLAS libraries, scanned once
 
 
 def usable_cpus() -> int:
@@ -28,14 +27,11 @@ def usable_cpus() -> int:
 
 
 def blas_controller():
-    """A ``threadpoolctl.ThreadpoolController`` of the libraries loaded now, SciPy's
-    OpenBLAS (the BLAS that Numba's ``np.dot`` calls) loaded first; scanned once."""
-    if not _controller:
-        import scipy.linalg.cython_blas  # noqa: F401, PLC0415 (load it before the scan)
-        from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+    """The threadpoolctl controller of the BLAS libraries (the one the CPU kernels limit
+    during multi-thread epochs: ``gpunet.kernels.cpu.blas.blas_controller``)."""
+    from gpunet.kernels.cpu.blas import blas_controller as controller  # noqa: PLC0415
 
-        _controller.append(ThreadpoolController())  # scanning the libraries takes ~1 ms
-    return _controller[0]
+    return controller()
 
 
 def _check(n, what: str) -> int:

@@ -90,13 +90,11 @@ def cache_dir() -> Path:
 def stamp() -> str:
     """Kernel sources, Numba, Python and the CPU target the cached machine code is for."""
     import numba  # noqa: PLC0415
-    from numba.core.registry import cpu_target  # noqa: PLC0415
 
     from gpunet.kernels.cpu import package_stamp  # noqa: PLC0415
 
     h = hashlib.sha256(package_stamp())
-    magic = cpu_target.target_context.codegen().magic_tuple()
-    h.update(repr((numba.__version__, sys.version, magic, MARKER_FORMAT)).encode())
+    h.update(repr((numba.__version__, sys.version, _cpu_magic(), MARKER_FORMAT)).encode())
     return h.hexdigest()[:32]
 
 
@@ -241,13 +239,17 @@ def save_choice(key: str, record: dict) -> None:
     save_record(CHOICES_FILE, key, record)
 
 
-def machine_key() -> str:
-    """The CPU target Numba compiles for (name and features), hashed: what a measurement
-    of this machine's kernels is keyed by, across kernel versions."""
+def _cpu_magic() -> tuple:
+    """The CPU target Numba compiles for: (triple, CPU name, features)."""
     from numba.core.registry import cpu_target  # noqa: PLC0415
 
-    magic = cpu_target.target_context.codegen().magic_tuple()
-    return hashlib.sha256(repr(magic).encode()).hexdigest()[:16]
+    return cpu_target.target_context.codegen().magic_tuple()
+
+
+def machine_key() -> str:
+    """The CPU target Numba compiles for, hashed: what a measurement of this machine's
+    kernels is keyed by, across kernel versions."""
+    return hashlib.sha256(repr(_cpu_magic()).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------- background

@@ -64,15 +64,21 @@ _REASSOC = {"reassoc", "contract"}
 _controller = []
 
 
-def one_blas_thread():
-    """Context manager: the BLAS that Numba's ``np.dot`` calls (SciPy's OpenBLAS) runs on
-    one thread inside it; the previous thread counts are restored on exit."""
+def blas_controller():
+    """A ``threadpoolctl.ThreadpoolController`` of the libraries loaded now, SciPy's
+    OpenBLAS (the BLAS that Numba's ``np.dot`` calls) loaded first; scanned once."""
     if not _controller:
         import scipy.linalg.cython_blas  # noqa: F401, PLC0415 (load it before the scan)
         from threadpoolctl import ThreadpoolController  # noqa: PLC0415
 
         _controller.append(ThreadpoolController())  # scanning the libraries takes ~1 ms
-    return _controller[0].limit(limits=1, user_api="blas")
+    return _controller[0]
+
+
+def one_blas_thread():
+    """Context manager: the BLAS that Numba's ``np.dot`` calls (SciPy's OpenBLAS) runs on
+    one thread inside it; the previous thread counts are restored on exit."""
+    return blas_controller().limit(limits=1, user_api="blas")
 
 
 @njit(inline="always", error_model="numpy")

@@ -181,7 +181,7 @@ def worker_threads(n_threads, G_parts, works, epoch_work, routes, data, net, buf
                 step_worker(t, team, data, net, buf, rule, drop)
         except BaseException as error:  # the epoch must not wait for it forever
             errors.append(error)
-            atomic_flag_failed(flags, t)
+            flags[slot.py_func(t, DONE)] = WORKER_FAILED
 
     threads = [
         threading.Thread(target=run, args=(t,), name=f"gpunet-step-worker-{t}", daemon=True)
@@ -198,11 +198,6 @@ def worker_threads(n_threads, G_parts, works, epoch_work, routes, data, net, buf
                 thread.join()
             if errors:
                 raise RuntimeError("the fused epoch's worker thread failed") from errors[0]
-
-
-def atomic_flag_failed(flags, t):
-    """Mark worker ``t`` failed (from Python, after its compiled loop raised)."""
-    flags[slot(t, DONE)] = WORKER_FAILED
 
 
 def workspace_size(layers, rows: int, gather: bool = False) -> int:
