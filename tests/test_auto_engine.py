@@ -188,6 +188,53 @@ def test_a_measured_choice_is_kept_for_later_fits_of_the_same_kind(load_seconds,
     assert len(store) == 2
 
 
+def test_autograd_kept_for_a_short_fit_is_reused_until_a_fit_is_long_enough(
+    load_seconds, monkeypatch
+):
+    """A fit too short to repay the fused kernels' load records autograd with its seconds
+    per step; the next fit of that kind takes it with no warm-up and no timed steps, while
+    a fit long enough to repay the load measures again."""
+    from gpunet.backend import jit_cache  # noqa: PLC0415
+
+    store = {}
+    monkeypatch.setattr(jit_cache, "_mode", "background")
+    monkeypatch.setattr(jit_cache, "is_ready", lambda name: True)
+    monkeypatch.setattr(jit_cache, "load_choices", lambda: dict(store))
+    monkeypatch.setattr(jit_cache, "save_choice", store.__setitem__)
+    monkeypatch.setattr(auto, "PROBE_ROWS", 2)
+    monkeypatch.setattr(auto, "PROBE_SHARE_OF_EPOCH", 2)
+    timed = []
+    monkeypatch.setattr(
+        auto.AutoCpuEngine, "_time_steps", lambda self, e, n: timed.append(e.name) or 1e-3
+    )
+    load_seconds.update(fused=1.0)  # no "autograd" entry: a measuring fit warms up
+    trainer, X, y = make_fit("auto")  # 10 steps per epoch of 1 ms: 0.05 s, too short
+    trainer.fit(X, y, epochs=5, batch_size=4, seed=3)
+    assert "too short" in trainer.last_engine.decision and timed == ["autograd"]
+    (record,) = store.values()
+    assert record["engine"] == "autograd" and not record["fused_measured"]
+    assert record["autograd_step_seconds"] == 1e-3
+
+    timed.clear()
+    load_seconds.clear()
+    trainer, X, y = make_fit("auto")
+    trainer.fit(X, y, epochs=5, batch_size=4, seed=3)
+    again = trainer.last_engine
+    assert timed == [] and "autograd" not in load_seconds  # no timed steps, no warm-up
+    assert "earlier on this machine" in again.decision and again.fused is None
+    reference, X, y = make_fit("autograd")
+    reference.fit(X, y, epochs=5, batch_size=4, seed=3)
+    for got, want in zip(weights(trainer), weights(reference)):
+        np.testing.assert_array_equal(got, want)
+
+    load_seconds.update(fused=1e-9)  # now any fit repays the load: measure again
+    trainer, X, y = make_fit("auto")
+    trainer.fit(X, y, epochs=5, batch_size=4, seed=3)
+    assert timed == ["autograd", "fused"] and trainer.last_engine.fused is not None
+    (record,) = store.values()
+    assert record["fused_measured"]
+
+
 def test_a_first_epoch_slower_than_the_other_engines_probe_tries_that_engine(
     load_seconds, monkeypatch
 ):

@@ -28,8 +28,10 @@ at most the load and one epoch on the slower engine.
 The choice is kept in the cache directory (``gpunet-auto-choices.json``, keyed by the
 kernels, machine, network, optimizer, loss, batch size and CPUs): later fits of the same
 kind take it without measuring (in the default compile mode; delete the file to measure
-again). Results agree with either engine to rounding; a fit that must repeat bit for bit
-names its engine.
+again). Autograd kept without timing the fused engine (the fit was too short, or the
+kernels were not compiled) is kept with its seconds per step, so a later fit long enough
+to repay the load measures again. Results agree with either engine to rounding; a fit
+that must repeat bit for bit names its engine.
 """
 
 from __future__ import annotations
@@ -105,12 +107,12 @@ class AutoCpuEngine(Engine):
         if self._stage == "first":
             self._key = self._choice_key(batch_size)
             recorded = jit_cache.load_choices().get(self._key) if self._keeps_choices() else None
-            if recorded is not None and self._use_recorded(recorded):
+            steps = -(-len(X) // batch_size)
+            if recorded is not None and self._use_recorded(recorded, steps):
                 pass
             else:
                 if "autograd" not in _load_seconds:
                     _load_seconds["autograd"] = self._warm_up(self.autograd, "ops")
-                steps = -(-len(X) // batch_size)
                 probe_steps = max(2, -(-PROBE_ROWS // batch_size))
                 if steps >= PROBE_SHARE_OF_EPOCH * probe_steps:
                     self._choose_by_steps(probe_steps, steps)
@@ -134,19 +136,30 @@ class AutoCpuEngine(Engine):
         )
         return json.dumps(parts)
 
-    def _use_recorded(self, recorded: dict) -> bool:
-        """Take a choice measured earlier on this machine; False if it cannot be used
-        now (the fused kernels are not compiled)."""
+    def _use_recorded(self, recorded: dict, steps: int) -> bool:
+        """Take a choice measured earlier on this machine for ``steps`` steps per epoch;
+        False if it does not hold now: the fused kernels are not compiled, or autograd was
+        kept without timing the fused engine and this fit is long enough to try it."""
         engine = recorded.get("engine")
         if engine == "fused":
             if not self._fused_ready():
                 return False
             self._load_fused()
             self.current = self.fused
-        elif engine != "autograd":
+            self.decision = "fused: measured faster for this fit earlier on this machine"
+        elif engine == "autograd" and recorded.get("fused_measured"):
+            self.decision = "autograd: measured faster for this fit earlier on this machine"
+        elif engine == "autograd":
+            per_step = recorded.get("autograd_step_seconds")
+            if not isinstance(per_step, float):
+                return False
+            why_not = self._fused_pays(per_step * steps * (self.planned_epochs or 1))
+            if why_not is None:
+                return False
+            self.decision = f"autograd: {why_not} (a step timed earlier on this machine)"
+        else:
             return False
         self._stage = "decided"
-        self.decision = f"{engine}: measured faster for this fit earlier on this machine"
         return True
 
     @staticmethod
@@ -155,18 +168,26 @@ class AutoCpuEngine(Engine):
         ``GPUNET_COMPILE=foreground`` (the test suite) measures every fit afresh."""
         return jit_cache.compile_mode() == "background"
 
-    def _record(self) -> None:
+    def _record(self, autograd_step_seconds: float) -> None:
+        """Keep the decision for later fits of this kind, with autograd's seconds per step
+        (from which a later, longer fit judges whether the fused engine could pay)."""
         if not self._keeps_choices():
             return
         jit_cache.save_choice(
             self._key,
             {
                 "engine": self.current.name,
+                "fused_measured": "fused" in self.step_seconds or "fused" in self.epoch_seconds,
+                "autograd_step_seconds": float(autograd_step_seconds),
                 "step_seconds": self.step_seconds,
                 "epoch_seconds": self.epoch_seconds,
                 "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
         )
+
+    def _epoch_steps(self) -> int:
+        X, _, batch_size = self._data
+        return -(-len(X) // batch_size)
 
     def run_epoch(self, order=None, on_batch_end=None, control=None):
         start = time.perf_counter()
@@ -222,6 +243,7 @@ class AutoCpuEngine(Engine):
         why_not = self._fused_pays(per_step["autograd"] * steps * (self.planned_epochs or 1))
         if why_not is not None:
             self.decision = f"autograd: {why_not}"
+            self._record(per_step["autograd"])
             return
         self._load_fused()
         per_step["fused"] = self._time_steps(self.fused, probe_steps)
@@ -263,6 +285,7 @@ class AutoCpuEngine(Engine):
             why_not = self._fused_pays(seconds * left) if left >= 1 else "no epoch left"
             if why_not is not None:
                 self.decision = f"autograd: {why_not}"
+                self._record(seconds / self._epoch_steps())
             else:
                 self._load_fused()
                 self.fused.prepare(*self._data)
@@ -279,7 +302,7 @@ class AutoCpuEngine(Engine):
                 self.current = other
                 self._stage = "trial"
             else:
-                self._record()
+                self._record(self.step_seconds["autograd"])
         elif self._stage in ("fused trial", "trial"):
             self._stage = "decided"
             fused, autograd = self.epoch_seconds["fused"], self.epoch_seconds["autograd"]
@@ -288,7 +311,7 @@ class AutoCpuEngine(Engine):
                 f"{self.current.name}: an epoch took {autograd:.3f} s on autograd, "
                 f"{fused:.3f} s fused"
             )
-            self._record()
+            self._record(autograd / self._epoch_steps())
 
     def _warm_up(self, engine, kernel_set: str) -> float | None:
         """One epoch of ``engine`` on the first rows (loading its kernels), whose steps
