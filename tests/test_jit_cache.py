@@ -165,3 +165,40 @@ def test_a_measured_load_time_is_kept_in_the_marker(fresh):
     jit_cache.record_load_seconds("epoch-float32", 0.4)
     assert jit_cache.recorded_load_seconds("epoch-float32") == 0.4
     assert jit_cache.is_cached("epoch-float32")
+
+
+def test_a_fused_fit_never_loads_the_autograd_engines_kernels(monkeypatch):
+    """The one-row shape probe before a fit runs the reference ops, so a fit on the fused
+    engine never asks for (loads, or starts compiling) the autograd engine's kernels."""
+    asked = []
+    real_use = jit_cache.use
+    monkeypatch.setattr(jit_cache, "_decided", {})
+    monkeypatch.setattr(jit_cache, "use", lambda name: asked.append(name) or real_use(name))
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((12, 4))
+    y = rng.integers(0, 3, 12)
+    model = nn.Sequential(nn.Dense(4, 5, "relu"), nn.Dense(5, 3)).to(dtype=np.float64)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    trainer = Trainer(model, "cross_entropy", opt, engine="fused", verbose=0, progress=False)
+    trainer.fit(X, y, epochs=1, batch_size=4)
+    assert trainer.engine_name == "fused" and "ops" not in asked, asked
+
+
+def test_reference_ops_run_the_numpy_math_in_this_thread_only(monkeypatch):
+    from gpunet.backend import get_backend  # noqa: PLC0415
+
+    monkeypatch.setattr(jit_cache, "_decided", {})
+
+    backend = get_backend("cpu")
+    with jit_cache.forced_foreground():
+        assert backend.kernels_ready()
+        with backend.reference_ops():
+            assert not backend.kernels_ready()
+            seen = []
+            import threading  # noqa: PLC0415
+
+            other = threading.Thread(target=lambda: seen.append(backend.kernels_ready()))
+            other.start()
+            other.join()
+            assert seen == [True]
+        assert backend.kernels_ready()

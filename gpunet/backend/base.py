@@ -50,6 +50,12 @@ class Backend:
         """Context entered around a training run (denormal handling on CPU)."""
         return contextlib.nullcontext()
 
+    def reference_ops(self):
+        """Context within which this thread's ops run the ``xp`` reference math below, not
+        compiled kernels: for a one-off computation too small to be worth loading them
+        (such as the one-row shape probe before a fit)."""
+        return contextlib.nullcontext()
+
     # ------------------------------------------------------------- fused ops
     def dense_forward(self, x, W, b, act: str):
         """``y = act(x @ W.T + b)``. Returns ``(y, saved)``; ``saved`` is what

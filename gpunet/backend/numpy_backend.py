@@ -3,9 +3,14 @@ place of the ``xp`` reference ops (BLAS still does the matmuls)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 
 from gpunet.backend.base import Backend
+
+_reference = threading.local()  # .active: this thread runs the reference ops
 
 
 class NumpyBackend(Backend):
@@ -20,13 +25,24 @@ class NumpyBackend(Backend):
 
     @staticmethod
     def kernels_ready() -> bool:
-        """Whether this process runs the Numba kernels for the ops below, rather than the
+        """Whether this thread runs the Numba kernels for the ops below, rather than the
         base class's NumPy reference: decided once per process by
         :func:`gpunet.backend.jit_cache.use` (kernels not yet compiled start
-        compiling in the background)."""
+        compiling in the background), except within :meth:`reference_ops`."""
+        if getattr(_reference, "active", False):
+            return False
         from gpunet.backend import jit_cache  # noqa: PLC0415
 
         return jit_cache.use("ops")
+
+    @contextlib.contextmanager
+    def reference_ops(self):
+        saved = getattr(_reference, "active", False)
+        _reference.active = True
+        try:
+            yield
+        finally:
+            _reference.active = saved
 
     def dense_forward(self, x, W, b, act: str):
         if not self.kernels_ready():

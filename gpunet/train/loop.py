@@ -157,8 +157,9 @@ class Trainer:
             check.as_host_or_device_array(y, name_y, backend), name_y, X.shape[0], name_x
         )
         # one-sample probe: shape/dtype errors surface before training (eval mode: no
-        # dropout mask drawn, no batch statistics of one row)
-        with no_grad(), eval_mode(self.model):
+        # dropout mask drawn, no batch statistics of one row; the reference ops, so that a
+        # fused engine's fit never loads the autograd engine's kernels)
+        with no_grad(), eval_mode(self.model), backend.reference_ops():
             probe = self.model(Tensor._wrap(backend.asarray(X[:1]), backend))
         if uses_class_indices(self.loss):
             check.check_class_labels(Y, probe.shape[1], name_y)
