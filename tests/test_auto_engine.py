@@ -217,6 +217,7 @@ def test_autograd_kept_for_a_short_fit_is_reused_until_a_fit_is_long_enough(
 
     timed.clear()
     load_seconds.clear()
+    load_seconds["fused"] = 1.0  # as before, but no "autograd": a warm-up would show
     trainer, X, y = make_fit("auto")
     trainer.fit(X, y, epochs=5, batch_size=4, seed=3)
     again = trainer.last_engine
@@ -233,6 +234,30 @@ def test_autograd_kept_for_a_short_fit_is_reused_until_a_fit_is_long_enough(
     assert timed == ["autograd", "fused"] and trainer.last_engine.fused is not None
     (record,) = store.values()
     assert record["fused_measured"]
+
+
+def test_only_a_first_load_in_the_process_is_kept_as_the_load_time(load_seconds, monkeypatch):
+    """The fused kernels' load time is recorded for later processes only when auto's
+    warm-up was this process's first fused epoch, not after another engine loaded them."""
+    from gpunet.backend import jit_cache  # noqa: PLC0415
+
+    recorded = []
+    monkeypatch.setattr(jit_cache, "is_ready", lambda name: True)
+    monkeypatch.setattr(jit_cache, "recorded_load_seconds", lambda name: 1e-9)
+    monkeypatch.setattr(jit_cache, "record_load_seconds", lambda *a: recorded.append(a))
+    trainer, X, y = make_fit("fused")
+    trainer.fit(X, y, epochs=1, batch_size=4)
+    assert auto.fused_kernels_loaded()
+    load_seconds.update(autograd=None)
+    trainer, X, y = make_fit("auto")
+    trainer.fit(X, y, epochs=5, batch_size=4)
+    assert trainer.last_engine.fused is not None and recorded == []
+    monkeypatch.setattr(auto, "fused_kernels_loaded", lambda: False)  # as in a new process
+    load_seconds.clear()
+    load_seconds.update(autograd=None)
+    trainer, X, y = make_fit("auto")
+    trainer.fit(X, y, epochs=5, batch_size=4)
+    assert [name for name, _ in recorded] == [trainer.last_engine.kernel_set]
 
 
 def test_a_first_epoch_slower_than_the_other_engines_probe_tries_that_engine(

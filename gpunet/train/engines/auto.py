@@ -65,6 +65,13 @@ UNMEASURED_LOAD_SECONDS = 0.5
 _load_seconds: dict[str, float | None] = {}  # engine -> its kernels' load here (None: compiled)
 
 
+def fused_kernels_loaded() -> bool:
+    """Whether this process has run a fused CPU epoch (of any kind) already."""
+    from gpunet.kernels.cpu import fused_mlp  # noqa: PLC0415
+
+    return bool(fused_mlp.train_epoch.signatures)
+
+
 class AutoCpuEngine(Engine):
     """The autograd engine, then the fused engine where it is measured faster; see the
     module docstring. ``make_autograd()`` and ``make_fused()`` build the two engines for
@@ -236,8 +243,11 @@ class AutoCpuEngine(Engine):
     def _load_fused(self) -> None:
         self.fused = self._make_fused()
         if "fused" not in _load_seconds:
+            # a load is kept for later processes only if it was one: not when another
+            # engine of this process had loaded the fused kernels already
+            fresh = not fused_kernels_loaded()
             seconds = _load_seconds["fused"] = self._warm_up(self.fused, self.kernel_set)
-            if seconds is not None:
+            if seconds is not None and fresh:
                 jit_cache.record_load_seconds(self.kernel_set, seconds)
 
     def _choose_by_steps(self, probe_steps: int, steps: int) -> None:
