@@ -91,7 +91,6 @@ class AutoCpuEngine(Engine):
         self.epoch_seconds: dict[str, float] = {}  # engine name -> its timed epoch
         self.step_seconds: dict[str, float] = {}  # engine name -> its timed step
         self.decision = None  # why the current engine, once decided
-        self._steps = None  # steps per epoch, where steps were probed
         self._stage = "first"
         self.epochs_done = 0
         self._data = None
@@ -118,7 +117,7 @@ class AutoCpuEngine(Engine):
         if self._stage == "first":
             self._key = self._choice_key(batch_size)
             recorded = jit_cache.load_choices().get(self._key) if self._keeps_choices() else None
-            steps = -(-len(X) // batch_size)
+            steps = self._epoch_steps()
             if recorded is not None and self._use_recorded(recorded, steps):
                 pass
             else:
@@ -254,7 +253,6 @@ class AutoCpuEngine(Engine):
         """Time ``probe_steps`` steps of each engine at the fit's batch size and start on
         the faster; its first epoch checks the choice (stage "probed")."""
         self._stage = "decided"
-        self._steps = steps
         per_step = {"autograd": self._time_steps(self.autograd, probe_steps)}
         why_not = self._fused_pays(per_step["autograd"] * steps * (self.planned_epochs or 1))
         if why_not is not None:
@@ -314,7 +312,7 @@ class AutoCpuEngine(Engine):
             self._stage = "decided"
             other = self.autograd if self.current is self.fused else self.fused
             left = (self.planned_epochs or 1) - self.epochs_done
-            if left >= 1 and seconds / self._steps > self.step_seconds[other.name]:
+            if left >= 1 and seconds / self._epoch_steps() > self.step_seconds[other.name]:
                 self.current = other
                 self._stage = "trial"
             else:
