@@ -363,6 +363,49 @@ def test_multi_thread_steps_run_dropout(n_threads, dtype, hand_overs, small_rout
     assert got_counts == want_counts == [6, 6, 6]
 
 
+@pytest.mark.parametrize("opt_name", ["adam", "sgd_momentum"])
+@pytest.mark.parametrize("n_threads", [2, 3, 4])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_multi_thread_steps_run_dropconnect(
+    n_threads, dtype, opt_name, hand_overs, small_routes, team_of
+):
+    """DropConnectDense on multi-thread steps, against the autograd engine's weights
+    (1e-10 float64, 1e-5 float32) and mask counters: 230 rows in batches of 100, two
+    data-parallel steps of three tasks each (the masked weights, each share its
+    elements; forward-backward; the update, each share of the summed ``dW`` through the
+    mask), then a model-parallel step of 30 rows (each thread masks its rows of the
+    weights; SGD with momentum would fold ``dW`` there, which a masked weight must not).
+    The first layer has no ``dx``, one has p = 0, the last no bias and 3 columns (an
+    empty share at T = 4)."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((230, 6)).astype(dtype)
+    y = rng.integers(0, 3, 230)
+
+    def run(engine):
+        gpunet.manual_seed(0)
+        model = nn.Sequential(
+            nn.DropConnectDense(6, 16, "relu", p=0.5),
+            nn.Dropout(0.2),
+            nn.DropConnectDense(16, 12, "tanh", p=0.3),
+            nn.DropConnectDense(12, 12, "gelu", p=0.0),
+            nn.DropConnectDense(12, 3, p=0.4, bias=False),
+        ).to(dtype=dtype)
+        opt = OPTIMIZERS[opt_name](model.parameters())
+        trainer = Trainer(model, "cross_entropy", opt, engine=engine, progress=False, verbose=0)
+        trainer.fit(X, y, epochs=2, batch_size=100, seed=1)
+        counters = [m.counter for m in model if isinstance(m, (nn.Dropout, nn.DropConnectDense))]
+        return [p.data.copy() for p in model.parameters()], counters
+
+    want, want_counts = run("autograd")
+    team_of(n_threads)
+    got, got_counts = run("fused")
+    assert hand_overs == [7, 7]
+    tol = TOLERANCE[dtype]
+    for multi, ref in zip(got, want):
+        np.testing.assert_allclose(multi, ref, rtol=tol, atol=tol)
+    assert got_counts == want_counts == [6, 6, 6, 0, 6]
+
+
 @pytest.mark.parametrize(("batch_size", "tasks"), [(100, 4), (20, 10)], ids=["data", "model"])
 def test_gelu_network_with_biasless_layers(batch_size, tasks, hand_overs, small_routes, team_of):
     """Saved pre-activations (GELU) and layers without bias through the workers."""

@@ -9,6 +9,10 @@ forward, loss and backward (:func:`forward_backward`), thread 0 into ``G`` and w
 biases. Each share's products run on one BLAS thread, and each thread packs all of
 every weight matrix, which only pays from a few hundred rows. Dropout: each share
 draws its rows of the step's masks (``first_row``), in forward and backward.
+DropConnect: first each thread masks its share of every DropConnect weight into the
+step's masked weights (:func:`mask_weights_part`, a task of its own, since every share
+of rows reads all of them); the shares' products use those, and each thread's update
+sweep multiplies its share of the summed ``dW`` by the mask.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from gpunet.kernels.cpu.dense import _backward_epilogue_sums
 from gpunet.kernels.cpu.dropout import dropout_block
 from gpunet.kernels.cpu.fused_step import (
     carve_layers,
+    dropconnect_weight,
     forward_and_loss,
     gather_batch,
+    is_dropconnect,
+    mask_weight_span,
     update_parameter_span,
 )
 from gpunet.kernels.cpu.threads import (
@@ -32,6 +39,7 @@ from gpunet.kernels.cpu.threads import (
     FLAG_STEP,
     FLAG_THREADS,
     TASK_FORWARD_BACKWARD,
+    TASK_MASK_WEIGHTS,
     TASK_UPDATE,
     hand_over,
     share,
@@ -92,8 +100,8 @@ def forward_backward(
         masks.keys,
         masks.thresholds,
         masks.scales,
-        P[:0],  # no DropConnect on multi-thread steps
-        np.zeros(0, np.int64),
+        masks.weights,
+        masks.offsets,
         first_row,
     )
     sums_end = col_sums.shape[0]
@@ -101,6 +109,8 @@ def forward_backward(
         n_in, n_out, wp = layers[l, 0], layers[l, 1], layers[l, 2]
         w_off = params[wp, 0]
         W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
+        if is_dropconnect(masks, l):  # dx through the masked weight, as forward
+            W = dropconnect_weight(masks, l, n_out, n_in)
         dz = grads[l]
         if masks.keys.shape[0] != 0 and masks.thresholds[l] != 0:  # through the mask
             dropout_block(
@@ -115,6 +125,22 @@ def forward_backward(
         a_in = xb if l == 0 else acts[l - 1]
         weight_grad_piece(dz, a_in, Gx[w_off : w_off + n_out * n_in].reshape((n_out, n_in)))
     return total, correct
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def mask_weights_part(t, n_threads, net, P, masks):
+    """Thread ``t``'s share of the elements of every DropConnect layer's masked weight
+    for the step (``masks``: its :class:`~records.Masks`), from the weight in ``P``."""
+    layers, params = net
+    n_layers = layers.shape[0]
+    for l in range(n_layers):
+        if is_dropconnect(masks, l):
+            size = layers[l, 0] * layers[l, 1]
+            k0, k1 = share(size, t, n_threads)
+            w_off = params[layers[l, 2], 0]
+            span = masks.weights[masks.offsets[l] + k0 : masks.offsets[l] + k1]
+            span[:] = P[w_off + k0 : w_off + k1]
+            mask_weight_span(span, masks, n_layers + l, k0, size)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -136,18 +162,20 @@ def forward_backward_part(t, team, data, net, P, Gx, work, rule, masks):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def update_weights_part(t, team, net, buf, rule):
+def update_weights_part(t, team, net, buf, rule, masks):
     """Thread ``t``'s share of the update of every weight matrix from the T threads'
     ``dW`` (``G`` and ``G_parts``), added into the buffer this thread wrote (``G`` for
     thread 0, ``G_parts[t - 1]``; a thread storing into lines another thread wrote would
     pull them over from its core): its own, then the others in thread order. Two
-    threads: ``G + G_parts[0]`` on both halves."""
+    threads: ``G + G_parts[0]`` on both halves. A DropConnect weight's sum goes through
+    the step's mask (``masks``)."""
     layers, params = net
     P, G, S1, S2, S3, H, steps, firsts = buf
     parts = team.G_parts
     n_threads = team.flags[FLAG_THREADS]
+    n_layers = layers.shape[0]
     own = G if t == 0 else parts[t - 1]
-    for l in range(layers.shape[0]):
+    for l in range(n_layers):
         wp = layers[l, 2]
         k0, k1 = share(params[wp, 1], t, n_threads)
         lo, hi = params[wp, 0] + k0, params[wp, 0] + k1
@@ -160,6 +188,8 @@ def update_weights_part(t, team, net, buf, rule):
                 part = parts[u]
                 for k in range(lo, hi):
                     own[k] += part[k]
+        if is_dropconnect(masks, l):
+            mask_weight_span(own[lo:hi], masks, n_layers + l, k0, params[wp, 1])
         update_parameter_span(
             rule.opt_kind, P, own, S1, S2, S3, H, steps, firsts, wp, lo, hi, rule.do_flush
         )
@@ -168,7 +198,8 @@ def update_weights_part(t, team, net, buf, rule):
 @njit(cache=True, nogil=True, error_model="numpy")
 def data_parallel_step(team, data, net, buf, rule, masks, start, nb, step, generation, work):
     """One step on ``nb`` rows from ``start``, on the team's threads: each its share of
-    the rows, then its share of every weight matrix's sweep, this thread the biases.
+    the DropConnect weights' masking (if any), of the rows, then of every weight
+    matrix's sweep, this thread the biases.
     ``step``: the step's index (the workers read their dropout keys from the epoch's
     table), ``masks`` its :class:`~records.Masks`; ``work``: this thread's scratch.
     Returns ``(loss sum, correct, generation)``."""
@@ -178,6 +209,11 @@ def data_parallel_step(team, data, net, buf, rule, masks, start, nb, step, gener
     flags[FLAG_START] = start
     flags[FLAG_ROWS] = nb
     flags[FLAG_STEP] = step
+    if masks.weights.shape[0] != 0:  # the masked weights, before any share reads them
+        generation += 1
+        hand_over(flags, generation, TASK_MASK_WEIGHTS)
+        mask_weights_part(0, n_threads, net, buf.P, masks)
+        wait_for_workers(flags, generation)
     generation += 1
     hand_over(flags, generation, TASK_FORWARD_BACKWARD)
     correct = forward_backward_part(0, team, data, net, buf.P, buf.G, work, rule, masks)
@@ -190,7 +226,7 @@ def data_parallel_step(team, data, net, buf, rule, masks, start, nb, step, gener
         buf.steps[k] += 1
     generation += 1
     hand_over(flags, generation, TASK_UPDATE)
-    update_weights_part(0, team, net, buf, rule)
+    update_weights_part(0, team, net, buf, rule, masks)
     P, G, S1, S2, S3, H, steps, firsts = buf
     sums_off = 1
     for l in range(layers.shape[0]):

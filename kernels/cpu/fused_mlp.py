@@ -40,8 +40,8 @@ records the functions pass (:class:`~records.Net`, :class:`~records.Buffers`, ..
 :mod:`records`.
 
 Layer table ``layers`` (L, 7) int64: ``n_in, n_out, w_param, b_param (-1: none), act,
-dropout, dropconnect`` (1: a Dropout follows the layer, run by every step; 1: the
-layer is a DropConnectDense, one-thread steps only).
+dropout, dropconnect`` (1: a Dropout follows the layer; 1: the layer is a
+DropConnectDense; every route runs both).
 Parameter table ``params`` (K, 2) int64: ``offset, size`` into ``P``.
 """
 
@@ -57,6 +57,7 @@ from gpunet.kernels.cpu.blas import BLOCKED_DW_MAX_ROWS, matmul_nn, one_blas_thr
 from gpunet.kernels.cpu.data_parallel import (
     data_parallel_step,
     forward_backward_part,
+    mask_weights_part,
     shared_columns,
     update_weights_part,
 )
@@ -88,6 +89,7 @@ from gpunet.kernels.cpu.threads import (
     FLAG_TASK,
     FLAG_THREADS,
     TASK_FORWARD_BACKWARD,
+    TASK_MASK_WEIGHTS,
     TASK_MODEL_PARALLEL,
     WORKER_FAILED,
     atomic_store,
@@ -108,6 +110,7 @@ __all__ = [
     "Team",
     "hardware_flush_active",
     "make_rule",
+    "masked_weight_offsets",
     "one_thread_team",
     "scratch_rows",
     "train_epoch",
@@ -123,7 +126,8 @@ def step_worker(t, team, data, net, buf, rule, drop):
     its ``DONE`` slot, until the generation is -1. A model-parallel task runs thread
     ``t``'s part of the step in ``team.epoch_work``; a forward-backward task
     (data-parallel) writes its ``dW`` to ``team.G_parts[t - 1]`` and its sums to its row
-    of ``team.shared``; an update task sweeps its share of every weight matrix.
+    of ``team.shared``; an update task sweeps its share of every weight matrix; a mask
+    task forms its share of the step's DropConnect weights.
     ``drop``: the epoch's :class:`~records.Masks`, read at the step ``FLAG_STEP``
     names."""
     flags = team.flags
@@ -137,7 +141,7 @@ def step_worker(t, team, data, net, buf, rule, drop):
             return
         task = flags[FLAG_TASK]
         step_keys = drop.keys[flags[FLAG_STEP]] if drop.keys.shape[0] != 0 else no_keys
-        masks = Masks(step_keys, drop.thresholds, drop.scales)
+        masks = Masks(step_keys, drop.thresholds, drop.scales, drop.weights, drop.offsets)
         if task == TASK_MODEL_PARALLEL:
             count = model_parallel_part(t, team, data, net, buf, rule, masks, count, no_loss)[0]
             if count < 0:
@@ -146,8 +150,10 @@ def step_worker(t, team, data, net, buf, rule, drop):
             flags[slot(t, CORRECT)] = forward_backward_part(
                 t, team, data, net, buf.P, team.G_parts[t - 1], team.works[t - 1], rule, masks
             )
+        elif task == TASK_MASK_WEIGHTS:
+            mask_weights_part(t, flags[FLAG_THREADS], net, buf.P, masks)
         else:
-            update_weights_part(t, team, net, buf, rule)
+            update_weights_part(t, team, net, buf, rule, masks)
         atomic_store(flags, slot(t, DONE), generation)
 
 
@@ -204,20 +210,20 @@ def workspace_size(layers, rows: int, gather: bool = False) -> int:
     """Elements of scratch for steps of ``rows`` rows (:func:`scratch_rows`): per layer,
     activations and output gradients (rows, width), plus saved pre-activations for GELU
     layers and activations before the mask for layers a Dropout follows; with ``gather``
-    (a shuffled epoch), the step's input rows (rows, features) too; then the masked
-    weights (out, in) of the DropConnect layers."""
+    (a shuffled epoch), the step's input rows (rows, features) too."""
     widths = layers[:, 1]
     separate_saved = (layers[:, 4] == GELU) | (layers[:, 5] != 0)
     per_row = 2 * int(widths.sum()) + int(widths[separate_saved].sum())
     if gather:
         per_row += int(layers[0, 0])
-    return rows * per_row + int(masked_weight_offsets(layers)[1])
+    return rows * per_row
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def masked_weight_offsets(layers):
-    """``(offsets, total)``: where each DropConnect layer's masked weight starts in its
-    scratch (-1 for the other layers; (L,) int64) and the elements they take."""
+    """``(offsets, total)``: where each DropConnect layer's masked weight starts in
+    :class:`~records.Masks` ``weights`` (-1 for the other layers; (L,) int64) and the
+    elements they take."""
     offsets = np.full(layers.shape[0], -1, np.int64)
     total = 0
     for l in range(layers.shape[0]):
@@ -247,12 +253,13 @@ def train_epoch(data, batch_size, net, buf, work, rule, team, control, drop):
     ``control`` (4,) int64 (``gpunet.train.engines.base.StepControl``): ``[stop request,
     steps done, first non-finite step or -1, end the epoch at a non-finite loss]``;
     checked and updated between steps (:func:`end_of_step`).
-    Dropout and DropConnect (after, or of, layers whose table row says so; with
-    DropConnect the caller runs no workers): ``drop`` (:class:`~records.Masks`):
-    ``keys`` (steps, 2L) uint64 the mask key of each step and layer, ``thresholds``
-    (2L,) uint64 (0: keep all), ``scales`` (2L,) ``1 / (1 - p)`` in ``P``'s dtype,
-    column ``l`` the Dropout after layer ``l``, column ``L + l`` layer ``l``'s
-    DropConnect; ``keys`` (0, 0) when the model has neither.
+    Dropout and DropConnect (after, or of, layers whose table row says so): ``drop``
+    (:class:`~records.Masks`): ``keys`` (steps, 2L) uint64 the mask key of each step
+    and layer, ``thresholds`` (2L,) uint64 (0: keep all), ``scales`` (2L,) ``1 / (1 -
+    p)`` in ``P``'s dtype, column ``l`` the Dropout after layer ``l``, column ``L + l``
+    layer ``l``'s DropConnect; ``keys`` (0, 0) when the model has neither. ``weights``
+    (:func:`masked_weight_offsets` total elements) receives each step's masked
+    weights, ``offsets`` = :func:`masked_weight_offsets` ``[0]``.
     Returns ``(loss_sum, correct)``: batch-mean losses times batch sizes, summed, and the
     number of correct arg-max predictions (cross-entropy only).
     """
@@ -275,8 +282,7 @@ def train_epoch(data, batch_size, net, buf, work, rule, team, control, drop):
     n_features = X.shape[1]
     x_rows = work[off : off + (rows * n_features if gather else 0)]
     off += rows * n_features if gather else 0
-    masked_off, masked_total = masked_weight_offsets(layers)
-    masked_w = work[off : off + masked_total]
+    masked_off, masked_w = drop.offsets, drop.weights
     label_rows = np.empty(rows if gather else 0, labels.dtype)
     target_rows = np.empty((rows if gather else 0, targets.shape[1]), targets.dtype)
     # dz.T of one layer, for the blocked weight gradient of small batches
@@ -293,7 +299,7 @@ def train_epoch(data, batch_size, net, buf, work, rule, team, control, drop):
         nb = min(batch_size, n - start)
         step = start // batch_size
         step_keys = drop.keys[step] if drop.keys.shape[0] != 0 else no_keys
-        masks = Masks(step_keys, drop.thresholds, drop.scales)
+        masks = Masks(step_keys, drop.thresholds, drop.scales, masked_w, masked_off)
         route = step_route(nb, n_threads, team.routes)
         if route == ROUTE_DATA:
             total, step_correct, generation = data_parallel_step(

@@ -14,7 +14,7 @@
 
 Layer table ``layers`` (L, 7) int64: ``n_in, n_out, w_param, b_param (-1: none), act,
 dropout, dropconnect`` (1: a Dropout follows the layer; 1: the layer is a
-DropConnectDense; only the one-thread steps run those).
+DropConnectDense, whose step's masked weight is in :class:`~records.Masks`).
 Parameter table ``params`` (K, 2) int64: ``offset, size`` into the flat buffer ``P``.
 """
 
@@ -165,6 +165,38 @@ def mask_weight(P, off, Wm, key, threshold, scale):
     n_out, n_in = Wm.shape
     Wm[...] = P[off : off + n_out * n_in].reshape((n_out, n_in))
     dropout_block(Wm, key, threshold, scale, 0, 0, n_in)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def is_dropconnect(masks, l):
+    """Whether layer ``l`` is a DropConnect layer (:class:`~records.Masks` ``offsets``)."""
+    return masks.offsets.shape[0] != 0 and masks.offsets[l] >= 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def dropconnect_weight(masks, l, n_out, n_in):
+    """DropConnect layer ``l``'s masked weight (out, in) for this step, in
+    ``masks.weights``."""
+    off = masks.offsets[l]
+    return masks.weights[off : off + n_out * n_in].reshape((n_out, n_in))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def mask_weight_span(span, masks, column, k0, size):
+    """DropConnect, in place: ``span`` (n,) holds elements ``k0 .. k0 + n`` of a flat
+    (out, in) weight of ``size`` elements, or of its gradient; each is multiplied by
+    its element of the step's mask in column ``column`` of ``masks`` (``keep / (1 -
+    p)``, the very elements :func:`mask_weight` draws), so threads can mask their
+    shares of one weight."""
+    dropout_block(
+        span.reshape((1, span.shape[0])),
+        masks.keys[column],
+        masks.thresholds[column],
+        masks.scales[column],
+        0,
+        k0,
+        size,
+    )
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

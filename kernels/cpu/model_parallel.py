@@ -6,13 +6,16 @@ every layer's output columns (thread 0 the first), in the calling thread's works
 
 - gather: each thread copies its share of the batch's rows; barrier;
 - forward, per layer: ``z[:, cols] = a_prev @ W[cols].T``, bias and activation on those
-  columns; barrier (the next layer reads all of ``a``);
+  columns (a DropConnect layer: its rows ``cols`` of the step's masked weight first,
+  used here and, once the barriers have passed, by every thread's ``dx``); barrier (the
+  next layer reads all of ``a``);
 - loss: thread 0, all rows; barrier;
 - backward, per layer, last first: activation derivative and bias gradient of its
   columns (the bias updated at once), its rows of ``dW = dz.T @ a_prev``; barrier (all
   of ``dz`` ready, and every thread done reading the layer above's weight, whose
   rows this thread now updates); its share of the columns of ``dx = dz @ W``. The first
-  layer's rows are updated right after its ``dW``.
+  layer's rows are updated right after its ``dW``. A DropConnect layer's ``dW`` rows go
+  through the mask, and ``dx`` through the masked weight.
 
 Each thread writes only its own rows of every weight and of the optimizer state (it
 reads the others' rows of a weight for ``dx``, before they update them); every
@@ -33,10 +36,13 @@ from gpunet.kernels.cpu.dense import GELU, _backward_epilogue_columns, _forward_
 from gpunet.kernels.cpu.dropout import dropout_block
 from gpunet.kernels.cpu.fused_step import (
     carve_layers,
+    dropconnect_weight,
     folded_sweep,
     folds_momentum,
     gather_targets,
+    is_dropconnect,
     loss_and_gradient,
+    mask_weight_span,
     scale_momentum,
     update_parameter_span,
 )
@@ -64,10 +70,12 @@ def _model_parallel_forward(t, flags, count, net, P, xb, acts, saved, masks):
     """Thread ``t``'s part of a model-parallel step's forward on the batch ``xb``
     (nb, F): per layer its share of the output columns (``a @ W[cols].T``, bias,
     activation, then its columns of the Dropout mask) into ``acts`` / ``saved`` (the
-    epoch's workspace), a barrier after each. ``masks``: the step's
-    :class:`~records.Masks`. Returns the barrier count, -1 if stopped."""
+    epoch's workspace), a barrier after each; a DropConnect layer's rows ``cols`` of
+    its masked weight first. ``masks``: the step's :class:`~records.Masks`. Returns the
+    barrier count, -1 if stopped."""
     layers, params = net
     n_threads = flags[FLAG_THREADS]
+    n_layers = layers.shape[0]
     nb = xb.shape[0]
     a_prev = xb
     for l in range(layers.shape[0]):
@@ -81,6 +89,12 @@ def _model_parallel_forward(t, flags, count, net, P, xb, acts, saved, masks):
         c0, c1 = share(n_out, t, n_threads)
         w_off = params[wp, 0]
         W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
+        if is_dropconnect(masks, l):  # this thread's rows of the step's masked weight
+            lo = masks.offsets[l] + c0 * n_in
+            span = masks.weights[lo : lo + (c1 - c0) * n_in]
+            span[:] = P[w_off + c0 * n_in : w_off + c1 * n_in]
+            mask_weight_span(span, masks, n_layers + l, c0 * n_in, n_out * n_in)
+            W = dropconnect_weight(masks, l, n_out, n_in)
         z = acts[l][:nb, c0:c1]
         gemm_view(a_prev, W[c0:c1].T, z, 0.0)
         if bp >= 0:
@@ -107,7 +121,8 @@ def _model_parallel_backward(t, flags, count, net, buf, rule, xb, acts, saved, g
     a barrier, then its share of the columns of ``dx = dz @ W``. A weight's rows are
     updated after the next barrier, once every thread has read the weight for ``dx``
     (the first layer's at once). Its columns of an output gradient go through the
-    Dropout mask first. Returns the barrier count, -1 if stopped."""
+    Dropout mask first; a DropConnect layer's ``dW`` rows through the weight's mask,
+    and ``dx`` uses the masked weight. Returns the barrier count, -1 if stopped."""
     layers, params = net
     P, G, S1, S2, S3, H, steps, firsts = buf
     n_threads = flags[FLAG_THREADS]
@@ -138,6 +153,11 @@ def _model_parallel_backward(t, flags, count, net, buf, rule, xb, acts, saved, g
             )
         a_in = xb if l == 0 else acts[l - 1][:nb]
         _weight_grad_part(flags, buf, wp, params[wp, 0] + c0 * n_in, dz, a_in)
+        dropconnect = is_dropconnect(masks, l)
+        if dropconnect:  # dW through the mask (never folded: see plan_folds)
+            lo = params[wp, 0] + c0 * n_in
+            span = G[lo : lo + (c1 - c0) * n_in]
+            mask_weight_span(span, masks, n_layers + l, c0 * n_in, n_out * n_in)
         if l == 0:
             _update_weight_part(flags, net, buf, rule, l, t)
         # all of dz (for dx), and every thread done reading the layer above
@@ -149,6 +169,8 @@ def _model_parallel_backward(t, flags, count, net, buf, rule, xb, acts, saved, g
         if l > 0:
             w_off = params[wp, 0]
             W = P[w_off : w_off + n_out * n_in].reshape((n_out, n_in))
+            if dropconnect:
+                W = dropconnect_weight(masks, l, n_out, n_in)
             i0, i1 = share(n_in, t, n_threads)
             gemm_view(grads[l][:nb], W[:, i0:i1], grads[l - 1][:nb, i0:i1], 0.0)
     return count
@@ -195,7 +217,8 @@ def plan_folds(flags, net, buf, rule, nb, nb_next, scaled):
     """Before a model-parallel step on ``nb`` rows (``steps`` already counted): per
     weight whether its ``dW`` folds into the momentum buffer (``FOLD_*``) and whether
     the sweep leaves the buffer scaled for the next step, on ``nb_next`` rows (0: none);
-    the epoch's ``scaled`` flags follow."""
+    the epoch's ``scaled`` flags follow. A DropConnect weight never folds: its ``dW``
+    goes through the mask first."""
     layers, params = net
     P, H, steps, firsts = buf.P, buf.H, buf.steps, buf.firsts
     kind, do_flush = rule.opt_kind, rule.do_flush
@@ -204,7 +227,10 @@ def plan_folds(flags, net, buf, rule, nb, nb_next, scaled):
         W = P[params[wp, 0] : params[wp, 0] + n_out * n_in].reshape((n_out, n_in))
         fold = FOLD_NONE
         after = False
-        if folds_momentum(kind, H[wp], steps[wp], firsts[wp] != 0, nb, W, do_flush):
+        dropconnect = layers[l, 6] != 0
+        if not dropconnect and folds_momentum(
+            kind, H[wp], steps[wp], firsts[wp] != 0, nb, W, do_flush
+        ):
             fold = FOLD_SCALED if scaled[wp] else FOLD_UNSCALED
             after = nb_next > 0 and folds_momentum(
                 kind, H[wp], steps[wp] + 1, False, nb_next, W, do_flush

@@ -15,7 +15,10 @@ instead of two dozen positional arrays. Shapes:
 - :class:`Rule`: ``opt_kind`` and ``loss_kind`` codes, ``smoothing`` (label smoothing),
   ``mean_reduction``, ``do_flush`` (store subnormal optimizer state as 0).
 - :class:`Masks`: Dropout / DropConnect ``keys`` ((steps, 2L) uint64 for an epoch, (2L,)
-  for one step; empty without masks), ``thresholds`` (2L,) uint64, ``scales`` (2L,).
+  for one step; empty without masks), ``thresholds`` (2L,) uint64, ``scales`` (2L,);
+  ``weights`` the step's masked weights of the DropConnect layers, flat (each (out, in),
+  shared by all threads; empty without DropConnect), ``offsets`` (L,) int64 where
+  layer ``l``'s starts in ``weights`` (-1: not a DropConnect layer).
 - :class:`Team`: the threads of multi-thread steps (:mod:`threads`): ``flags`` int64,
   ``shared`` (T, 1 + sum of widths) float64 (each thread's loss sum and bias-gradient
   column sums), ``G_parts`` (T - 1, total) the workers' ``dW``, ``works`` (T - 1, size)
@@ -31,7 +34,7 @@ Net = namedtuple("Net", ["layers", "params"])
 Buffers = namedtuple("Buffers", ["P", "G", "S1", "S2", "S3", "H", "steps", "firsts"])
 Batches = namedtuple("Batches", ["X", "labels", "targets", "order"])
 Rule = namedtuple("Rule", ["opt_kind", "loss_kind", "smoothing", "mean_reduction", "do_flush"])
-Masks = namedtuple("Masks", ["keys", "thresholds", "scales"])
+Masks = namedtuple("Masks", ["keys", "thresholds", "scales", "weights", "offsets"])
 Team = namedtuple("Team", ["flags", "shared", "G_parts", "works", "epoch_work", "routes"])
 
 

@@ -141,7 +141,7 @@ CORRECT = 2  # data-parallel: its rows' correct predictions
 # then per parameter k, at fold_slot(flags, k) and the one after: its FOLD_* in a
 # model-parallel step, and whether that step's sweep leaves its momentum buffer scaled
 FOLD_NONE, FOLD_UNSCALED, FOLD_SCALED = 0, 1, 2
-TASK_FORWARD_BACKWARD, TASK_UPDATE, TASK_MODEL_PARALLEL = 0, 1, 2
+TASK_FORWARD_BACKWARD, TASK_UPDATE, TASK_MODEL_PARALLEL, TASK_MASK_WEIGHTS = 0, 1, 2, 3
 WORKER_FAILED = -2
 
 

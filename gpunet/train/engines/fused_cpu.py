@@ -61,6 +61,11 @@ class FusedCpuEngine(Engine):
         self.state = FlatState(model, optimizer, self.layers, np, self.dropouts, self.dropconnects)
         self.params = self.state.params
         self._G_parts = None  # (T - 1, P.size): the workers' dW, allocated on first use
+        # where each DropConnect layer's masked weight lies in the step's masked weights
+        self._masked_offsets, masked_total = self.kernels.masked_weight_offsets(
+            self.state.layer_table
+        )
+        self._masked_weights = np.empty(int(masked_total), self.state.P.dtype)
         # set by prepare: contiguous X (N, features), labels (N,) int64 for cross-entropy
         # (else empty), targets (N, outputs) for MSE (else (0, 1)), the batch size
         self.X = self.labels = self.targets = None
@@ -102,11 +107,9 @@ class FusedCpuEngine(Engine):
         return self._G_parts
 
     def team_threads(self) -> int:
-        """T for this model: 1 with a DropConnect layer (one-thread steps only)."""
+        """T: :attr:`threads`, else ``gpunet.get_num_threads()``."""
         from gpunet.parallel import get_num_threads  # noqa: PLC0415
 
-        if self.dropconnects:
-            return 1
         return self.threads if self.threads is not None else get_num_threads()
 
     # ---------------------------------------------------------------- epoch
@@ -143,7 +146,9 @@ class FusedCpuEngine(Engine):
             self.loss.reduction == "mean",
             self.flush_denormals and not k.hardware_flush_active(),
         )
-        drop = k.Masks(*self._dropout_tables(n_steps, X.dtype))
+        drop = k.Masks(
+            *self._dropout_tables(n_steps, X.dtype), self._masked_weights, self._masked_offsets
+        )
         if multi:
             workers = n_threads - 1
             team = k.worker_threads(
