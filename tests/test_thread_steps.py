@@ -160,9 +160,12 @@ def test_every_thread_count_matches_autograd(
 
 
 @pytest.mark.parametrize("n_threads", [2, 3])
-def test_default_routes_match_autograd(n_threads, hand_overs, team_of):
+def test_default_routes_match_autograd(n_threads, hand_overs, team_of, monkeypatch):
     """Without a forced table: model-parallel and data-parallel steps at the default
-    thresholds (a batch of the data-parallel minimum, then a model-parallel rest)."""
+    thresholds (a batch of the data-parallel minimum, then a model-parallel rest). A
+    table ``gpunet tune`` kept on this machine is set aside: the defaults are tested."""
+    monkeypatch.setattr(route_tables, "measured_table", lambda n_threads: None)
+    monkeypatch.setattr(route_tables, "_measured", {})
     (_, _), (model_min, _), (data_min, _) = route_tables.default_routes(n_threads)
     n_samples = data_min + model_min + 3
     team_of(n_threads)
