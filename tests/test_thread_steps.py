@@ -327,6 +327,37 @@ def test_barrier_meets_or_gives_up(outcome):
     assert results[:2] == [outcome == "all-arrive"] * 2
 
 
+MASKED = (nn.Dropout, nn.DropConnectDense)
+
+
+def masked_fits(build, make_optimizer, dtype, seed, n_threads, team_of):
+    """Weights and mask counters of the autograd engine and of the fused engine on
+    ``n_threads`` threads, each training ``build()`` in ``dtype`` with cross-entropy on
+    the same 230 rows (seeded by ``seed``) for two epochs in batches of 100."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((230, 6)).astype(dtype)
+    y = rng.integers(0, 3, 230)
+    results = []
+    for engine, threads_of_engine in (("autograd", None), ("fused", n_threads)):
+        team_of(threads_of_engine)
+        gpunet.manual_seed(0)
+        model = build().to(dtype=dtype)
+        opt = make_optimizer(model.parameters())
+        trainer = Trainer(model, "cross_entropy", opt, engine=engine, progress=False, verbose=0)
+        trainer.fit(X, y, epochs=2, batch_size=100, seed=1)
+        counters = [m.counter for m in model if isinstance(m, MASKED)]
+        results.append(([p.data.copy() for p in model.parameters()], counters))
+    return results
+
+
+def assert_same_fits(fits, dtype):
+    (want, want_counts), (got, got_counts) = fits
+    tol = TOLERANCE[dtype]
+    for multi, ref in zip(got, want):
+        np.testing.assert_allclose(multi, ref, rtol=tol, atol=tol)
+    assert got_counts == want_counts
+
+
 @pytest.mark.parametrize("n_threads", [2, 4])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_multi_thread_steps_run_dropout(n_threads, dtype, hand_overs, small_routes, team_of):
@@ -335,13 +366,9 @@ def test_multi_thread_steps_run_dropout(n_threads, dtype, hand_overs, small_rout
     weights are the autograd engine's (1e-10 float64, 1e-5 float32): 230 rows in
     batches of 100, two data-parallel steps of two tasks each, then a model-parallel
     one of 30 rows (the widths 16, 12 and 3: uneven shares too)."""
-    rng = np.random.default_rng(2)
-    X = rng.standard_normal((230, 6)).astype(dtype)
-    y = rng.integers(0, 3, 230)
 
-    def run(engine):
-        gpunet.manual_seed(0)
-        model = nn.Sequential(
+    def build():
+        return nn.Sequential(
             nn.Dense(6, 16, "gelu"),
             nn.Dropout(0.3),
             nn.Dense(16, 12),
@@ -349,21 +376,12 @@ def test_multi_thread_steps_run_dropout(n_threads, dtype, hand_overs, small_rout
             nn.Dropout(0.2),
             nn.Dense(12, 3),
             nn.Dropout(0.25),
-        ).to(dtype=dtype)
-        opt = optim.Adam(model.parameters(), lr=0.01)
-        trainer = Trainer(model, "cross_entropy", opt, engine=engine, progress=False, verbose=0)
-        trainer.fit(X, y, epochs=2, batch_size=100, seed=1)
-        counters = [m.counter for m in model if isinstance(m, nn.Dropout)]
-        return [p.data.copy() for p in model.parameters()], counters
+        )
 
-    want, want_counts = run("autograd")
-    team_of(n_threads)
-    got, got_counts = run("fused")
+    fits = masked_fits(build, lambda p: optim.Adam(p, lr=0.01), dtype, 2, n_threads, team_of)
     assert hand_overs == [5, 5]
-    tol = TOLERANCE[dtype]
-    for multi, ref in zip(got, want):
-        np.testing.assert_allclose(multi, ref, rtol=tol, atol=tol)
-    assert got_counts == want_counts == [6, 6, 6]
+    assert_same_fits(fits, dtype)
+    assert fits[1][1] == [6, 6, 6]
 
 
 @pytest.mark.parametrize("opt_name", ["adam", "sgd_momentum"])
@@ -380,33 +398,20 @@ def test_multi_thread_steps_run_dropconnect(
     weights; SGD with momentum would fold ``dW`` there, which a masked weight must not).
     The first layer has no ``dx``, one has p = 0, the last no bias and 3 columns (an
     empty share at T = 4)."""
-    rng = np.random.default_rng(5)
-    X = rng.standard_normal((230, 6)).astype(dtype)
-    y = rng.integers(0, 3, 230)
 
-    def run(engine):
-        gpunet.manual_seed(0)
-        model = nn.Sequential(
+    def build():
+        return nn.Sequential(
             nn.DropConnectDense(6, 16, "relu", p=0.5),
             nn.Dropout(0.2),
             nn.DropConnectDense(16, 12, "tanh", p=0.3),
             nn.DropConnectDense(12, 12, "gelu", p=0.0),
             nn.DropConnectDense(12, 3, p=0.4, bias=False),
-        ).to(dtype=dtype)
-        opt = OPTIMIZERS[opt_name](model.parameters())
-        trainer = Trainer(model, "cross_entropy", opt, engine=engine, progress=False, verbose=0)
-        trainer.fit(X, y, epochs=2, batch_size=100, seed=1)
-        counters = [m.counter for m in model if isinstance(m, (nn.Dropout, nn.DropConnectDense))]
-        return [p.data.copy() for p in model.parameters()], counters
+        )
 
-    want, want_counts = run("autograd")
-    team_of(n_threads)
-    got, got_counts = run("fused")
+    fits = masked_fits(build, OPTIMIZERS[opt_name], dtype, 5, n_threads, team_of)
     assert hand_overs == [7, 7]
-    tol = TOLERANCE[dtype]
-    for multi, ref in zip(got, want):
-        np.testing.assert_allclose(multi, ref, rtol=tol, atol=tol)
-    assert got_counts == want_counts == [6, 6, 6, 0, 6]
+    assert_same_fits(fits, dtype)
+    assert fits[1][1] == [6, 6, 6, 0, 6]
 
 
 @pytest.mark.parametrize(("batch_size", "tasks"), [(100, 4), (20, 10)], ids=["data", "model"])
